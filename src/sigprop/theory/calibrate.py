@@ -1,0 +1,198 @@
+"""Calibration of sparsity-inducing activations (seed 004 Sec. 3.1, App. F).
+
+* ``relu_tau`` / ``crelu``: ``P(phi(X) = 0) = P(X < tau) = s``  ->  ``tau = sqrt(q*) Phi^-1(s)``
+  (needs s >= 1/2 since tau >= 0).
+* ``st_tau`` / ``cst``: ``P(|X| < tau) = s``  ->  ``tau = sqrt(2 q*) erfinv(s)``.
+* the EOC at q*: ``sigma_w2 = 1/E[phi'^2]``, ``sigma_b2 = q* - sigma_w2 E[phi^2]``; for the
+  unclipped families this gives ``sigma_w2 = 1/(1-s)`` (Table 1) and ``V'(q*) = 1``.
+* clipped families: ``m`` solves ``V'(q*; m) = slope`` at the EOC; V'(q*) increases from 0
+  to 1 with m (Sec. 3.1), so a vectorized bisection in log m over every (s, slope) cell at
+  once finds it.
+
+Every cell also reports ``V''(q*)``, the number of fixed points of V and whether q* is
+globally stable (the bifurcation of seed 004 Fig. 4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from itertools import product
+
+import numpy as np
+from scipy import special
+
+from sigprop.errors import check_finite, check_variance
+
+from .activations import SPARSE_FAMILIES, get_activation
+from .gaussian import expect
+from .meanfield import DegenerateFixedPoints, _bisect, _local_stability, fixed_points
+
+__all__ = ["SparseCalibration", "calibrate_sparse", "tau_for_sparsity"]
+
+#: search interval for m, in units of sqrt(q*)
+M_MIN, M_MAX = 1e-6, 1e3
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in SPARSE_FAMILIES:
+        raise ValueError(f"unknown sparse activation {kind!r}; allowed: {', '.join(SPARSE_FAMILIES)}")
+    return kind
+
+
+def _check_sparsity(s) -> np.ndarray:
+    s = np.asarray(s, float)
+    if not np.all(np.isfinite(s)) or np.any((s <= 0) | (s >= 1)):
+        raise ValueError(f"sparsity must lie strictly between 0 and 1, got {s.tolist()}")
+    return s
+
+
+def tau_for_sparsity(kind: str, sparsity, q_star=1.0) -> np.ndarray:
+    """Threshold tau giving expected activation sparsity ``s`` at variance ``q*`` (Table 1).
+
+    relu_tau/crelu: ``sqrt(q*) Phi^-1(s)`` (s >= 0.5 because tau >= 0);
+    st_tau/cst: ``sqrt(2 q*) erfinv(s)``.
+    """
+    kind = _check_kind(kind)
+    s = _check_sparsity(sparsity)
+    q = check_variance(q_star, "q_star", allow_zero=False)
+    if kind in ("relu_tau", "crelu"):
+        if np.any(s < 0.5):
+            raise ValueError(
+                f"{kind} has sparsity >= 0.5 for every tau >= 0; got sparsity {s.tolist()} (use st_tau/cst below 0.5)"
+            )
+        return np.sqrt(q) * special.ndtri(s)
+    return np.sqrt(2.0 * q) * special.erfinv(s)
+
+
+@dataclass
+class SparseCalibration:
+    """One calibrated sparse activation; ``to_dict()`` is the JSON contract of
+    ``sigprop sparse-activation``: kind, sparsity, slope, tau, m, sigma_w2, sigma_b2, q_star,
+    dV, d2V, n_fixed_points, stable."""
+
+    kind: str
+    sparsity: float
+    slope: float
+    tau: float
+    m: float | None
+    sigma_w2: float
+    sigma_b2: float
+    q_star: float
+    dV: float
+    d2V: float
+    n_fixed_points: int | None
+    stable: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def activation(self):
+        """The calibrated :class:`~sigprop.theory.activations.Activation`."""
+        params = {"tau": self.tau} if self.m is None else {"tau": self.tau, "m": self.m}
+        return get_activation(self.kind, **params)
+
+
+def _derivs(kind, tau, m, q):
+    """sigma_w2, sigma_b2, V'(q), V''(q) at the EOC for a batch of activations."""
+    act = get_activation(kind, tau=tau) if m is None else get_activation(kind, tau=tau, m=m)
+    s = math.sqrt(q) if np.ndim(q) == 0 else np.sqrt(q)
+    d = expect(act, "dphi2", s)
+    e0 = expect(act, "phi2", s, 0)
+    e2 = expect(act, "phi2", s, 2)
+    e4 = expect(act, "phi2", s, 4)
+    sw = 1.0 / d
+    sb = q - sw * e0
+    dv = sw * (e2 - e0) / (2.0 * q)
+    d2v = sw * (e4 - 6.0 * e2 + 3.0 * e0) / (4.0 * q * q)
+    return sw, sb, dv, d2v
+
+
+def solve_m(kind: str, tau, slope, q_star: float = 1.0) -> np.ndarray:
+    """Clipping magnitude m with ``V'(q*) = slope`` at the EOC (vectorized over tau, slope)."""
+    tau, slope = np.broadcast_arrays(np.asarray(tau, float), np.asarray(slope, float))
+    if np.any((slope <= 0) | (slope >= 1)):
+        raise ValueError(f"slope (target V'(q*)) for a clipped family must lie in (0, 1), got {slope.tolist()}")
+    sq = math.sqrt(q_star)
+    lo = np.full(tau.shape, M_MIN * sq)
+    hi = np.full(tau.shape, M_MAX * sq)
+
+    def f(m):
+        return _derivs(kind, tau, m, q_star)[2] - slope
+
+    f_hi = f(hi)
+    if np.any(f_hi <= 0):
+        bad = slope[f_hi <= 0]
+        raise ValueError(
+            f"{kind}: V'(q*) stays below {bad.tolist()} for every m <= {M_MAX:g} sqrt(q*); choose a smaller slope"
+        )
+    return check_finite(_bisect(f, lo, hi, iters=70, log=True), f"{kind} clipping magnitude m")
+
+
+def calibrate_sparse(
+    kind: str, sparsity, slope=None, q_star: float = 1.0, fixed_point_analysis: bool = True
+) -> list[SparseCalibration]:
+    """Calibrate a sparse family to each (sparsity, slope) combination (seed 004 Sec. 3.1).
+
+    Parameters
+    ----------
+    kind : {"relu_tau", "st_tau", "crelu", "cst"}
+    sparsity : float or sequence of float in (0, 1)
+    slope : float or sequence in (0, 1), required for crelu/cst, not allowed otherwise
+        Target ``V'(q*)`` at the EOC.
+    q_star : float
+        The EOC fixed point variance (default 1).
+    fixed_point_analysis : bool
+        Count the fixed points of V and test global stability (slower; True by default).
+
+    Returns one record per combination, sparsity-major.
+    """
+    kind = _check_kind(kind)
+    q = float(check_variance(q_star, "q_star", allow_zero=False))
+    s_list = np.atleast_1d(_check_sparsity(sparsity)).tolist()
+    clipped = kind in ("crelu", "cst")
+    if clipped:
+        if slope is None:
+            raise ValueError(f"{kind} needs a target slope V'(q*) in (0, 1) (--slope) to choose m")
+        v_list = np.atleast_1d(np.asarray(slope, float)).tolist()
+    else:
+        if slope is not None:
+            raise ValueError(f"{kind} is unclipped: V'(q*) = 1 at its EOC, so --slope does not apply (use crelu/cst)")
+        v_list = [1.0]
+    combos = list(product(s_list, v_list))
+    s_arr = np.array([c[0] for c in combos])
+    v_arr = np.array([c[1] for c in combos])
+    tau = tau_for_sparsity(kind, s_arr, q)
+    m = solve_m(kind, tau, v_arr, q) if clipped else None
+    sw, sb, dv, d2v = (np.broadcast_to(x, s_arr.shape) for x in _derivs(kind, tau, m, q))
+    out = []
+    for i in range(len(combos)):
+        mi = None if m is None else float(m[i])
+        n_fp, stable = None, False
+        local = _local_stability(float(dv[i]), float(d2v[i]), q)
+        if fixed_point_analysis:
+            act = (
+                get_activation(kind, tau=float(tau[i])) if mi is None else get_activation(kind, tau=float(tau[i]), m=mi)
+            )
+            try:
+                n_fp = len(fixed_points(act, float(sw[i]), max(float(sb[i]), 0.0), known=q))
+                stable = local and n_fp == 1
+            except DegenerateFixedPoints:  # s = 1/2 for relu_tau: plain ReLU, V(q) = q
+                n_fp, stable = None, False
+        out.append(
+            SparseCalibration(
+                kind=kind,
+                sparsity=float(s_arr[i]),
+                slope=float(dv[i]) if not clipped else float(v_arr[i]),
+                tau=float(tau[i]),
+                m=mi,
+                sigma_w2=float(sw[i]),
+                sigma_b2=float(sb[i]),
+                q_star=q,
+                dV=float(dv[i]),
+                d2V=float(d2v[i]),
+                n_fixed_points=n_fp,
+                stable=stable,
+            )
+        )
+    return out
