@@ -126,7 +126,7 @@ def solve_m(kind: str, tau, slope, q_star: float = 1.0) -> np.ndarray:
         raise ValueError(
             f"{kind}: V'(q*) stays below {bad.tolist()} for every m <= {M_MAX:g} sqrt(q*); choose a smaller slope"
         )
-    return check_finite(_bisect(f, lo, hi, iters=70, log=True), f"{kind} clipping magnitude m")
+    return check_finite(_bisect(f, lo, hi, log=True), f"{kind} clipping magnitude m")
 
 
 def calibrate_sparse(

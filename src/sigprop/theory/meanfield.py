@@ -153,18 +153,39 @@ class FixedPoint:
         return asdict(self)
 
 
-def _bisect(f, lo, hi, iters: int = 80, log: bool = False):
-    """Vectorized bisection; f(lo) and f(hi) must have opposite signs elementwise."""
-    lo, hi = np.array(lo, float), np.array(hi, float)
-    flo = f(lo)
+def _bisect(f, lo, hi, iters: int = 100, log: bool = False, rtol: float = 4e-16):
+    """Vectorized bracketed root finding (Illinois false position, superlinear).
+
+    ``f(lo)`` and ``f(hi)`` must have opposite signs elementwise (an exact zero at either
+    end is returned as is). With ``log=True`` the search runs in ``log x`` (x > 0). Stops
+    when every bracket is narrower than ``rtol`` relative, or after ``iters`` steps.
+    """
+    tr = np.log if log else (lambda x: x)
+    inv = np.exp if log else (lambda t: t)
+    a, b = tr(np.array(lo, float)), tr(np.array(hi, float))
+    fa, fb = f(inv(a)), f(inv(b))
+    done = (fa == 0) | (fb == 0)
+    root = np.where(fa == 0, a, np.where(fb == 0, b, 0.5 * (a + b)))
+    side = np.zeros(a.shape)
     for _ in range(iters):
-        mid = np.sqrt(lo * hi) if log else 0.5 * (lo + hi)
-        fm = f(mid)
-        left = np.sign(fm) == np.sign(flo)
-        lo = np.where(left, mid, lo)
-        flo = np.where(left, fm, flo)
-        hi = np.where(left, hi, mid)
-    return np.sqrt(lo * hi) if log else 0.5 * (lo + hi)
+        if np.all(done):
+            break
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (a * fb - b * fa) / (fb - fa)
+        t = np.where(np.isfinite(t) & (t > np.minimum(a, b)) & (t < np.maximum(a, b)), t, 0.5 * (a + b))
+        ft = f(inv(t))
+        same_a = np.sign(ft) == np.sign(fa)
+        # Illinois: halve the stale end's value when the same end moves twice
+        fb = np.where(same_a & (side == 1), 0.5 * fb, fb)
+        fa = np.where(~same_a & (side == -1), 0.5 * fa, fa)
+        a, fa = np.where(same_a, t, a), np.where(same_a, ft, fa)
+        b, fb = np.where(same_a, b, t), np.where(same_a, fb, ft)
+        side = np.where(same_a, 1, -1)
+        width = np.abs(b - a)
+        conv = (ft == 0) | (width <= rtol * np.maximum(np.abs(t), 1e-300 if log else 1.0))
+        root = np.where(done, root, t)
+        done = done | conv
+    return inv(root)
 
 
 def _local_stability(dv, d2v, q) -> bool:
@@ -204,7 +225,7 @@ def fixed_points(
         def f(q):
             return variance_map(act, q, sw, sb) - q
 
-        roots.extend(_bisect(f, qs[idx], qs[idx + 1], iters=100, log=True).tolist())
+        roots.extend(_bisect(f, qs[idx], qs[idx + 1], log=True).tolist())
     exact = np.nonzero(g == 0)[0]
     roots.extend(qs[exact].tolist())
     a = np.abs(rel)
@@ -315,7 +336,7 @@ def eoc_curve(act: Activation | str, sigma_b2, q_grid: int = 2001) -> tuple[np.n
     def f(q):
         return _b_of_q(act, q) - target
 
-    q_star = np.where(has, _bisect(f, lo, hi, iters=90, log=True), np.nan)
+    q_star = np.where(has, _bisect(f, lo, hi, log=True), np.nan)
     with np.errstate(invalid="ignore"):
         sw = np.where(has, eoc_from_q(act, np.where(has, q_star, 1.0))[0], np.nan)
     shape = np.shape(sigma_b2)
@@ -523,7 +544,7 @@ def correlation_fixed_points(act: Activation | str, sigma_w2, sigma_b2, q_star, 
         def f(c):
             return correlation_map(act, c, q_star, sigma_w2, sigma_b2) - c
 
-        roots.extend(_bisect(f, cs[idx], cs[idx + 1], iters=50).tolist())
+        roots.extend(_bisect(f, cs[idx], cs[idx + 1]).tolist())
     roots.extend(cs[np.abs(g) < 1e-12].tolist())
     roots = _dedupe(sorted(roots), rtol=1e-7)
     out = []
