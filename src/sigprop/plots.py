@@ -29,7 +29,7 @@ def _plt():
 def plot_maps(act: Activation, point: EOCPoint, path: str | Path, q_max: float | None = None) -> Path:
     """Variance map V(q) and correlation map R(c) at an EOC point (seed 004 Figs 2, 4, 6-8).
 
-    Left: V(q) against the identity with the fixed points of V marked (filled = stable).
+    Left: V(q) against the identity with the fixed points of V marked (filled = locally stable).
     Right: R(c) against the identity with the fixed points c* of R marked.
     """
     plt = _plt()
@@ -42,7 +42,8 @@ def plot_maps(act: Activation, point: EOCPoint, path: str | Path, q_max: float |
     ax1.plot(qs, variance_map(act, qs, sw, sb), label=r"$V(q)$")
     ax1.plot(qs, qs, "k--", lw=0.8, label="identity")
     if point.q_star:
-        ax1.plot([q_star], [q_star], "o", color="C3" if point.stable else "white", mec="C3", label=r"$q^*$")
+        locally = point.dV is not None and abs(point.dV) < 1  # filled marker = attracts nearby q
+        ax1.plot([q_star], [q_star], "o", color="C3" if locally else "white", mec="C3", label=r"$q^*$")
     for fp in point.other_fixed_points:
         ax1.plot([fp.q], [fp.q], "s", color="C2" if fp.stable else "white", mec="C2")
     ax1.set_xlabel("q")
