@@ -22,15 +22,15 @@ from itertools import product
 import numpy as np
 from scipy import special
 
-from sigprop.errors import check_finite, check_variance
+from sigprop.errors import NumericalError, check_finite, check_variance
 
 from .activations import SPARSE_FAMILIES, get_activation
-from .gaussian import expect
-from .meanfield import DegenerateFixedPoints, _bisect, _local_stability, fixed_points
+from .gaussian import expect_many, normal_mass
+from .meanfield import DegenerateFixedPoints, _local_stability, fixed_points
 
 __all__ = ["SparseCalibration", "calibrate_sparse", "tau_for_sparsity"]
 
-#: search interval for m, in units of sqrt(q*)
+#: bracket for m, in units of sqrt(q*)
 M_MIN, M_MAX = 1e-6, 1e3
 
 
@@ -94,13 +94,9 @@ class SparseCalibration:
 
 
 def _derivs(kind, tau, m, q):
-    """sigma_w2, sigma_b2, V'(q), V''(q) at the EOC for a batch of activations."""
+    """sigma_w2, sigma_b2, V'(q), V''(q) at the EOC for a batch of activations (one pass)."""
     act = get_activation(kind, tau=tau) if m is None else get_activation(kind, tau=tau, m=m)
-    s = math.sqrt(q) if np.ndim(q) == 0 else np.sqrt(q)
-    d = expect(act, "dphi2", s)
-    e0 = expect(act, "phi2", s, 0)
-    e2 = expect(act, "phi2", s, 2)
-    e4 = expect(act, "phi2", s, 4)
+    d, e0, e2, e4 = expect_many(act, [("dphi2", 0), ("phi2", 0), ("phi2", 2), ("phi2", 4)], math.sqrt(q))
     sw = 1.0 / d
     sb = q - sw * e0
     dv = sw * (e2 - e0) / (2.0 * q)
@@ -108,25 +104,58 @@ def _derivs(kind, tau, m, q):
     return sw, sb, dv, d2v
 
 
+def _clipped_slope(a, u):
+    """``V'(q*)`` at the EOC of crelu/cst and its derivative in u, in closed form.
+
+    With ``a = tau/sqrt(q*)``, ``u = m/sqrt(q*)``, ``b = a + u`` and ``D = Phi(b) - Phi(a)``:
+    ``E[phi'^2] = c D`` and the kink at tau+m (phi = m, phi' jumps by -1) adds
+    ``-c m p_q(tau+m)`` to ``E[phi'^2 + phi phi'']`` (c = 1 for crelu, 2 for cst), so on the
+    EOC (sigma_w2 = 1/(c D)) ``V'(q*) = 1 - u phi(b) / D`` for both families (seed 004
+    eqs 13-18; the tests check it against the general engine).
+    """
+    b = a + u
+    dens = np.exp(-0.5 * b * b) / math.sqrt(2 * math.pi)
+    mass = normal_mass(a, b)
+    g = u * dens / mass
+    dg = dens * (1.0 - u * b) / mass - u * dens * dens / (mass * mass)
+    return 1.0 - g, -dg
+
+
 def solve_m(kind: str, tau, slope, q_star: float = 1.0) -> np.ndarray:
-    """Clipping magnitude m with ``V'(q*) = slope`` at the EOC (vectorized over tau, slope)."""
+    """Clipping magnitude m with ``V'(q*) = slope`` at the EOC (vectorized over tau, slope).
+
+    V'(q*) increases from 0 (m -> 0) to 1 (m -> inf) (seed 004 Sec. 3.1), so the root is
+    unique: safeguarded Newton on the closed form of :func:`_clipped_slope`, bisection
+    whenever a Newton step leaves the bracket.
+    """
     tau, slope = np.broadcast_arrays(np.asarray(tau, float), np.asarray(slope, float))
     if np.any((slope <= 0) | (slope >= 1)):
         raise ValueError(f"slope (target V'(q*)) for a clipped family must lie in (0, 1), got {slope.tolist()}")
     sq = math.sqrt(q_star)
-    lo = np.full(tau.shape, M_MIN * sq)
-    hi = np.full(tau.shape, M_MAX * sq)
-
-    def f(m):
-        return _derivs(kind, tau, m, q_star)[2] - slope
-
-    f_hi = f(hi)
-    if np.any(f_hi <= 0):
-        bad = slope[f_hi <= 0]
+    a = tau / sq
+    lo = np.full(tau.shape, M_MIN)
+    hi = np.full(tau.shape, M_MAX)
+    if np.any(_clipped_slope(a, hi)[0] <= slope):
         raise ValueError(
-            f"{kind}: V'(q*) stays below {bad.tolist()} for every m <= {M_MAX:g} sqrt(q*); choose a smaller slope"
+            f"{kind}: V'(q*) stays below {slope.tolist()} for every m <= {M_MAX:g} sqrt(q*); choose a smaller slope"
         )
-    return check_finite(_bisect(f, lo, hi, log=True), f"{kind} clipping magnitude m")
+    u = np.ones(tau.shape)
+    for _ in range(100):
+        v, dv = _clipped_slope(a, u)
+        f = v - slope
+        lo = np.where(f < 0, u, lo)
+        hi = np.where(f > 0, u, hi)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = u - f / dv
+        bad = ~np.isfinite(step) | (step <= lo) | (step >= hi)
+        new = np.where(bad, np.sqrt(lo * hi), step)
+        if np.all(np.abs(new - u) <= 1e-15 * u):
+            u = new
+            break
+        u = new
+    else:  # pragma: no cover - Newton with bisection fallback converges long before
+        raise NumericalError(f"{kind}: solving V'(q*) = slope for m did not converge")
+    return check_finite(u * sq, f"{kind} clipping magnitude m")
 
 
 def calibrate_sparse(

@@ -31,6 +31,7 @@ __all__ = [
     "bvn_cdf",
     "expect",
     "expect_bivariate",
+    "expect_many",
     "normal_mass",
     "trunc_moments",
 ]
@@ -143,30 +144,57 @@ def _panel_rule(lo_z: np.ndarray, hi_z: np.ndarray, extra_z: np.ndarray | None, 
     return z.reshape((*shape, -1)), w.reshape((*shape, -1))
 
 
-def _piece_expect(act, piece: Piece, what, mu, sigma, k, feature_x, coarse=False):
-    """E[F(mu + sigma Z) Z^k 1{mu + sigma Z in piece}] for one piece (broadcast arrays)."""
+def _piece_expect(act, piece: Piece, requests, mu, sigma, feature_x, coarse=False) -> list:
+    """[E[F(mu + sigma Z) Z^k 1{mu + sigma Z in piece}] for (F, k) in requests], one piece.
+
+    On a linear piece the truncated moments are computed once for every request.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         lo_z = np.where(np.isinf(piece.lo), np.sign(piece.lo) * np.inf, (piece.lo - mu) / sigma)
         hi_z = np.where(np.isinf(piece.hi), np.sign(piece.hi) * np.inf, (piece.hi - mu) / sigma)
     lo_z, hi_z = np.broadcast_arrays(lo_z, hi_z)
     if piece.is_linear:
-        c0, c1, c2 = _linear_coeffs(piece.slope, piece.intercept, what)
-        # F(mu + sigma z) = d0 + d1 z + d2 z^2
-        d0 = c0 + c1 * mu + c2 * mu * mu
-        d1 = (c1 + 2.0 * c2 * mu) * sigma
-        d2 = c2 * sigma * sigma
-        m = trunc_moments(lo_z, hi_z, k + 2)
-        return d0 * m[k] + d1 * m[k + 1] + d2 * m[k + 2]
+        m = trunc_moments(lo_z, hi_z, max(k for _, k in requests) + 2)
+        out = []
+        for what, k in requests:
+            c0, c1, c2 = _linear_coeffs(piece.slope, piece.intercept, what)
+            # F(mu + sigma z) = d0 + d1 z + d2 z^2
+            d0 = c0 + c1 * mu + c2 * mu * mu
+            d1 = (c1 + 2.0 * c2 * mu) * sigma
+            d2 = c2 * sigma * sigma
+            out.append(d0 * m[k] + d1 * m[k + 1] + d2 * m[k + 2])
+        return out
     extra = None
     if feature_x is not None:
         extra = (feature_x - np.asarray(mu)[..., None]) / np.asarray(sigma)[..., None]
         extra = np.broadcast_to(extra, lo_z.shape + extra.shape[-1:])
     z, w = _panel_rule(lo_z, hi_z, extra, coarse)
     x = np.asarray(mu)[..., None] + np.asarray(sigma)[..., None] * z
-    vals = _nonlinear_values(act, x, what)
-    if k:
-        vals = vals * z**k
-    return np.sum(vals * w, axis=-1)
+    cache: dict[str, np.ndarray] = {}
+    out = []
+    for what, k in requests:
+        if what not in cache:
+            cache[what] = _nonlinear_values(act, x, what) * w
+        out.append(np.sum(cache[what] * z**k if k else cache[what], axis=-1))
+    return out
+
+
+def expect_many(act: Activation, requests, sigma, mu=0.0, coarse: bool = False) -> list[np.ndarray]:
+    """Several expectations ``E[F(mu + sigma Z) Z^k]`` in one pass (shared moments/nodes).
+
+    ``requests`` is a sequence of ``(what, k)`` pairs as in :func:`expect`.
+    """
+    sigma = np.asarray(sigma, float)
+    mu = np.asarray(mu, float)
+    requests = [(w, int(k)) for w, k in requests]
+    for w, k in requests:
+        if w not in FUNCTIONALS or not 0 <= k <= 4:
+            raise ValueError(f"bad request ({w!r}, {k}): integrand one of {', '.join(FUNCTIONALS)}, k in 0..4")
+    totals: list = [0.0] * len(requests)
+    for piece in act.pieces:
+        for i, v in enumerate(_piece_expect(act, piece, requests, mu, sigma, act.feature_points, coarse)):
+            totals[i] = totals[i] + v
+    return [np.asarray(t, float) for t in totals]
 
 
 def expect(act: Activation, what: str, sigma, k: int = 0, mu=0.0, coarse: bool = False) -> np.ndarray:
@@ -185,13 +213,7 @@ def expect(act: Activation, what: str, sigma, k: int = 0, mu=0.0, coarse: bool =
         Power of ``Z`` (0..4) multiplying the integrand; used for the Hermite-weight
         formulas of the q-derivatives.
     """
-    sigma = np.asarray(sigma, float)
-    mu = np.asarray(mu, float)
-    feature_x = act.feature_points
-    total = 0.0
-    for piece in act.pieces:
-        total = total + _piece_expect(act, piece, what, mu, sigma, k, feature_x, coarse)
-    return np.asarray(total, float)
+    return expect_many(act, [(what, k)], sigma, mu, coarse)[0]
 
 
 # ----------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import numpy as np
 from sigprop.errors import NoEOCError, NumericalError, check_finite, check_variance
 
 from .activations import Activation, get_activation
-from .gaussian import expect, expect_bivariate
+from .gaussian import expect, expect_bivariate, expect_many
 
 __all__ = [
     "EOCPoint",
@@ -76,7 +76,7 @@ def second_moment(act: Activation | str, q) -> np.ndarray:
 
 def variance_map(act: Activation | str, q, sigma_w2, sigma_b2) -> np.ndarray:
     """``V(q) = sigma_w2 E[phi(sqrt q Z)^2] + sigma_b2`` (seed 004 eq. 3)."""
-    return variance_map_derivatives(act, q, sigma_w2, sigma_b2)[0]
+    return variance_map_derivatives(act, q, sigma_w2, sigma_b2, order=0)[0]
 
 
 def variance_map_derivatives(act: Activation | str, q, sigma_w2, sigma_b2, order: int = 2):
@@ -85,14 +85,13 @@ def variance_map_derivatives(act: Activation | str, q, sigma_w2, sigma_b2, order
     q = _q(q)
     sigma_w2 = check_variance(sigma_w2, "sigma_w2")
     sigma_b2 = check_variance(sigma_b2, "sigma_b2")
-    s = np.sqrt(q)
-    e0 = expect(act, "phi2", s, 0)
+    e0, e2, e4 = expect_many(act, [("phi2", 0), ("phi2", 2), ("phi2", 4)][: order + 1], np.sqrt(q)) + [None] * (
+        2 - order
+    )
     out = [sigma_w2 * e0 + sigma_b2]
     if order >= 1:
-        e2 = expect(act, "phi2", s, 2)
         out.append(sigma_w2 * (e2 - e0) / (2.0 * q))
     if order >= 2:
-        e4 = expect(act, "phi2", s, 4)
         out.append(sigma_w2 * (e4 - 6.0 * e2 + 3.0 * e0) / (4.0 * q * q))
     return tuple(check_finite(o, f"variance map of {act.label()}") for o in out)
 
