@@ -241,7 +241,7 @@ def fixed_points(
     out = []
     for r in roots:
         if r == 0.0:
-            d = float(sw * act.dphi(np.array(0.0)) ** 2)
+            d = sw * _dphi2_at_zero(act)
             out.append(FixedPoint(0.0, d, _local_stability(d, _d2v_at_zero(act, sw), 0.0)))
         else:
             _, d, d2 = variance_map_derivatives(act, r, sw, sb)
@@ -421,9 +421,9 @@ def eoc(act: Activation | str, *, sigma_b2: float | None = None, q_star: float |
         sw, q = float(sw_arr), float(q_arr)
         if not math.isfinite(q):
             phi0 = float(act.phi(np.array(0.0)))
-            dphi0 = float(act.dphi(np.array(0.0)))
-            if sb == 0 and phi0 == 0 and dphi0 != 0:
-                return _eoc_at_zero(act, dphi0)
+            d0 = _dphi2_at_zero(act)
+            if sb == 0 and phi0 == 0 and d0 != 0:
+                return _eoc_at_zero(act, d0)
             bq = _b_of_q(act, np.geomspace(Q_MIN, Q_MAX, 401))
             ok = bq[np.isfinite(bq) & (bq >= 0)]
             hint = f"; reachable sigma_b2 lie in [{ok.min():.4g}, {ok.max():.4g}]" if ok.size else ""
@@ -461,8 +461,15 @@ def _eoc_point(act, sw, sb, q, note=None) -> EOCPoint:
     )
 
 
-def _eoc_at_zero(act, dphi0) -> EOCPoint:
-    sw = 1.0 / dphi0**2
+def _dphi2_at_zero(act) -> float:
+    """lim_{q->0} E[phi'(sqrt(q) Z)^2] = (phi'(0-)^2 + phi'(0+)^2) / 2 (phi' may jump at 0)."""
+    left = float(act.dphi(np.array(-1e-300)))
+    right = float(act.dphi(np.array(1e-300)))
+    return 0.5 * (left * left + right * right)
+
+
+def _eoc_at_zero(act, d0) -> EOCPoint:
+    sw = 1.0 / d0
     d2 = _d2v_at_zero(act, sw)
     fps = fixed_points(act, sw, 0.0)
     others = [fp for fp in fps if fp.q > 0]
@@ -580,7 +587,7 @@ def phase(act: Activation | str, sigma_w2, sigma_b2, q0=1.0, tol: float = 1e-3) 
     qq = np.where(np.isfinite(q) & (q > 0), q, np.nan)
     with np.errstate(invalid="ignore"):
         c1 = np.asarray(sigma_w2, float) * expect(act, "dphi2", np.sqrt(np.where(np.isnan(qq), 1.0, qq)))
-        c1 = np.where(q == 0, np.asarray(sigma_w2, float) * float(act.dphi(np.array(0.0))) ** 2, c1)
+        c1 = np.where(q == 0, np.asarray(sigma_w2, float) * _dphi2_at_zero(act), c1)
         c1 = np.where(np.isinf(q), np.inf, c1)
     return np.where(c1 < 1 - tol, "ordered", np.where(c1 > 1 + tol, "chaotic", "eoc"))
 
