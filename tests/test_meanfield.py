@@ -143,3 +143,30 @@ def test_fixed_points_bifurcation_cst():
     for fp in fps:
         lo, hi = fp.q * (1 - 1e-4), fp.q * (1 + 1e-4)
         assert (v(lo) - lo) * (v(hi) - hi) < 0
+
+
+def test_eoc_given_bias_for_thresholded_activation():
+    # E[phi'^2] underflows at tiny q for relu_tau, which once faked a root; the EOC point
+    # must satisfy Table 1's chi_1 = sigma_w2 Phi(-tau/sqrt(q*)) = 1 and V(q*) = q*.
+    tau, sb = 0.5, 0.1
+    p = eoc("relu_tau", sigma_b2=sb, tau=tau)
+    assert p.sigma_w2 * stats.norm.cdf(-tau / math.sqrt(p.q_star)) == pytest.approx(1.0, rel=1e-12)
+    e2 = integrate.quad(
+        lambda x: (x - tau) ** 2 * stats.norm.pdf(x, scale=math.sqrt(p.q_star)), tau, np.inf, epsabs=1e-14
+    )[0]
+    assert p.sigma_w2 * e2 + sb == pytest.approx(p.q_star, rel=1e-9)
+
+
+def test_no_spurious_fixed_points_where_v_is_linear_to_rounding():
+    # hard_tanh with sigma_w2 = 1, sigma_b2 = 0: V(q) = q - O(exp(-1/(2q))) < q for q > 0
+    # (strictly: E[hard_tanh(X)^2] < E[X^2]), so q = 0 is the only fixed point.
+    fps = fixed_points("hard_tanh", 1.0, 0.0)
+    assert [fp.q for fp in fps] == [0.0]
+
+
+def test_bivariate_rejects_unknown_integrand():
+    from sigprop.theory.activations import get_activation
+    from sigprop.theory.gaussian import expect_bivariate
+
+    with pytest.raises(ValueError, match="'phi' or 'dphi'"):
+        expect_bivariate(get_activation("relu"), "phi2", 1.0, 1.0, 0.5)

@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, NumericalError) as exc:
+    except (ValueError, NumericalError, OSError) as exc:
         msg = str(exc).replace("\n", " ")
         sys.stderr.write(f"sigprop {args.command}: error: {msg}\n")
         return 2

@@ -27,7 +27,7 @@ def _plt():
 
 
 def plot_maps(act: Activation, point: EOCPoint, path: str | Path, q_max: float | None = None) -> Path:
-    """Variance map V(q) and correlation map R(c) at an EOC point (seed 004 Figs 2, 4, 6-8).
+    """Variance map V(q) and correlation map R(c) at an EOC point (seed 004 Figs 2, 4, 6, 7).
 
     Left: V(q) against the identity with the fixed points of V marked (filled = locally stable).
     Right: R(c) against the identity with the fixed points c* of R marked.

@@ -67,7 +67,11 @@ class Activation:
     phi: Callable[[np.ndarray], np.ndarray]
     dphi: Callable[[np.ndarray], np.ndarray]
     pieces: tuple[Piece, ...]
-    feature_points: np.ndarray = field(default_factory=lambda: np.array([-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0]))
+    feature_points: np.ndarray = field(
+        default_factory=lambda: np.array(
+            [-32.0, -16.0, -8.0, -4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+        )
+    )
     _torch: str = ""
 
     @property
@@ -149,7 +153,7 @@ def _relu() -> Activation:
 
 
 def _leaky_relu(alpha=0.01) -> Activation:
-    _check_real("leaky_relu", "alpha", alpha)
+    alpha = _check_real("leaky_relu", "alpha", alpha)
     return _pl("leaky_relu", {"alpha": alpha}, [0.0], [(alpha, 0.0), (1.0, 0.0)])
 
 
@@ -245,7 +249,7 @@ def _elu_like(name, params, alpha, scale) -> Activation:
 
 
 def _elu(alpha=1.0) -> Activation:
-    _check_real("elu", "alpha", alpha)
+    alpha = _check_real("elu", "alpha", alpha)
     return _elu_like("elu", {"alpha": alpha}, alpha, 1.0)
 
 

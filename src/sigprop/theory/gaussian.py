@@ -330,6 +330,10 @@ def expect_bivariate(act: Activation, what: str, q1, q2, c, act2: Activation | N
     quadrature otherwise. ``|c| = 1`` is handled by the univariate engine.
     """
     act2 = act if act2 is None else act2
+    if what not in ("phi", "dphi"):
+        raise ValueError(f"expect_bivariate integrand must be 'phi' or 'dphi', got {what!r}")
+    if act.is_batched or act2.is_batched:
+        raise ValueError("expect_bivariate takes activations with scalar parameters")
     q1, q2, c = np.broadcast_arrays(np.asarray(q1, float), np.asarray(q2, float), np.asarray(c, float))
     s1, s2 = np.sqrt(q1), np.sqrt(q2)
     # Within 1e-12 of |c| = 1 the rectangle moments lose digits to cancellation (~1e-6 at

@@ -111,7 +111,7 @@ def sparsity(act: Activation | str, q) -> np.ndarray:
 def correlation_map(act: Activation | str, c, q, sigma_w2, sigma_b2) -> np.ndarray:
     """``R(c) = (sigma_w2 E[phi(u1) phi(u2)] + sigma_b2) / q`` with u1, u2 ~ N(0, q), corr c.
 
-    ``q`` should be the fixed point q* of V for R to map correlations (seed 004 eq. 4).
+    ``q`` should be the fixed point q* of V for R to map correlations (seed 004 eq. 6).
     """
     act = _act(act)
     c = _check_c(c)
@@ -204,8 +204,8 @@ def fixed_points(
     tangential roots (``V - q`` touching zero, as at the EOC of relu_tau) are found as
     near-zero local minima of ``|V - q| / q``. ``known`` adds a root known analytically
     (e.g. the EOC q*). ``q = 0`` is a fixed point when ``sigma_b2 = 0`` and ``phi(0) = 0``.
-    For positively homogeneous activations at (sigma_w2 = 2/(a^2+b^2) ...) V(q) = q for
-    every q; this raises NoEOCError-free ValueError describing the degenerate line instead.
+    Raises :class:`DegenerateFixedPoints` (a ValueError) when V(q) = q on the whole grid,
+    as for positively homogeneous activations on their EOC (ReLU at sigma_w2 = 2, sigma_b2 = 0).
     """
     act = _act(act)
     sw = float(check_variance(sigma_w2, "sigma_w2"))
@@ -218,18 +218,30 @@ def fixed_points(
             f"every q > 0 is a fixed point of the variance map of {act.label()} at sigma_w2={sw:g}, sigma_b2={sb:g}"
         )
     roots: list[float] = []
-    idx = np.nonzero(np.sign(g[:-1]) * np.sign(g[1:]) < 0)[0]
-    if idx.size:
+    # |V - q| within rounding (1e-13 q) carries no sign: a band where V(q) = q to rounding
+    # (hard_tanh at sigma_b2 = 0 is linear near 0 up to exp(-1/(2q)) terms) is not a
+    # string of roots. Brackets join consecutive signed grid points of opposite sign.
+    signed = np.nonzero(np.abs(rel) > 1e-13)[0]
+    sg = np.sign(g[signed])
+    j = np.nonzero(sg[:-1] * sg[1:] < 0)[0]
+    if j.size:
 
         def f(q):
             return variance_map(act, q, sw, sb) - q
 
-        roots.extend(_bisect(f, qs[idx], qs[idx + 1], log=True).tolist())
-    exact = np.nonzero(g == 0)[0]
-    roots.extend(qs[exact].tolist())
+        roots.extend(_bisect(f, qs[signed[j]], qs[signed[j + 1]], log=True).tolist())
     a = np.abs(rel)
     for i in range(1, grid - 1):
-        if a[i] <= a[i - 1] and a[i] <= a[i + 1] and a[i] < 1e-4 and np.sign(g[i - 1]) == np.sign(g[i + 1]):
+        # an isolated touch of the identity, not a band where V(q) = q to rounding (e.g.
+        # hard_tanh at sigma_b2 = 0 is linear near 0 up to exp(-1/(2q)) terms)
+        isolated = a[i - 1] > 1e-8 and a[i + 1] > 1e-8
+        if (
+            isolated
+            and a[i] <= a[i - 1]
+            and a[i] <= a[i + 1]
+            and a[i] < 1e-4
+            and np.sign(g[i - 1]) == np.sign(g[i + 1])
+        ):
             r = _tangent_root(act, sw, sb, qs[i - 1], qs[i + 1])
             if r is not None:
                 roots.append(r)
@@ -242,7 +254,7 @@ def fixed_points(
     for r in roots:
         if r == 0.0:
             d = sw * _dphi2_at_zero(act)
-            out.append(FixedPoint(0.0, d, _local_stability(d, _d2v_at_zero(act, sw), 0.0)))
+            out.append(FixedPoint(0.0, d, _local_stability(d, _d2v_at_zero(act, sw)[1], 0.0)))
         else:
             _, d, d2 = variance_map_derivatives(act, r, sw, sb)
             out.append(FixedPoint(float(r), float(d), _local_stability(float(d), float(d2), r)))
@@ -253,9 +265,16 @@ class DegenerateFixedPoints(ValueError):
     """V(q) = q for every q (e.g. ReLU on its EOC sigma_w2 = 2, sigma_b2 = 0)."""
 
 
-def _d2v_at_zero(act, sw):
-    _, _, d2 = variance_map_derivatives(act, 1e-6, sw, 0.0)
-    return float(d2)
+def _d2v_at_zero(act, sw) -> tuple[float | None, float]:
+    """(lim_{q->0} V''(q) or None when it diverges, V''(1e-8) whose sign decides stability).
+
+    phi' jumping at 0 with phi'' != 0 on one side (selu, elu with alpha != 1) makes V''
+    grow like q^-1/2.
+    """
+    _, _, d2a = variance_map_derivatives(act, 1e-6, sw, 0.0)
+    _, _, d2b = variance_map_derivatives(act, 1e-8, sw, 0.0)
+    d2a, d2b = float(d2a), float(d2b)
+    return (d2b if abs(d2a - d2b) <= 1e-3 * max(1.0, abs(d2b)) else None), d2b
 
 
 def _tangent_root(act, sw, sb, lo, hi):
@@ -300,7 +319,7 @@ def eoc_from_q(act: Activation | str, q_star) -> tuple[np.ndarray, np.ndarray]:
     q = _q(q_star, "q_star")
     s = np.sqrt(q)
     d = expect(act, "dphi2", s)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         sw = 1.0 / d
         sb = q - sw * expect(act, "phi2", s)
     return sw, sb
@@ -323,8 +342,10 @@ def eoc_curve(act: Activation | str, sigma_b2, q_grid: int = 2001) -> tuple[np.n
     bq = _b_of_q(act, qs)
     diff = bq[None, :] - sb[:, None]
     # values within rounding of zero carry no sign (B(q) - sigma_b2 ~ q^3 near q = 0 for
-    # odd activations with sigma_b2 = 0, where cancellation leaves only noise)
-    sgn = np.where(np.abs(diff) > 1e-11 * qs[None, :], np.sign(diff), 0.0)
+    # odd activations with sigma_b2 = 0, where cancellation leaves only noise), and neither
+    # do non-finite ones (E[phi'^2] underflows at small q for thresholded activations,
+    # which would fake a sign change from +inf to -inf)
+    sgn = np.where(np.isfinite(diff) & (np.abs(diff) > 1e-11 * qs[None, :]), np.sign(diff), 0.0)
     sign_change = sgn[:, :-1] * sgn[:, 1:] < 0
     has = sign_change.any(axis=1)
     first = np.argmax(sign_change, axis=1)
@@ -336,8 +357,7 @@ def eoc_curve(act: Activation | str, sigma_b2, q_grid: int = 2001) -> tuple[np.n
         return _b_of_q(act, q) - target
 
     q_star = np.where(has, _bisect(f, lo, hi, log=True), np.nan)
-    with np.errstate(invalid="ignore"):
-        sw = np.where(has, eoc_from_q(act, np.where(has, q_star, 1.0))[0], np.nan)
+    sw = np.where(has, eoc_from_q(act, np.where(has, q_star, 1.0))[0], np.nan)
     shape = np.shape(sigma_b2)
     return sw.reshape(shape), q_star.reshape(shape)
 
@@ -470,10 +490,10 @@ def _dphi2_at_zero(act) -> float:
 
 def _eoc_at_zero(act, d0) -> EOCPoint:
     sw = 1.0 / d0
-    d2 = _d2v_at_zero(act, sw)
+    d2, d2_sign = _d2v_at_zero(act, sw)
     fps = fixed_points(act, sw, 0.0)
     others = [fp for fp in fps if fp.q > 0]
-    stable = _local_stability(1.0, d2, 0.0) and not others
+    stable = _local_stability(1.0, d2_sign, 0.0) and not others
     return EOCPoint(
         activation=act.label(),
         sigma_w2=sw,
