@@ -157,7 +157,8 @@ def _bisect(f, lo, hi, iters: int = 100, log: bool = False, rtol: float = 4e-16)
 
     ``f(lo)`` and ``f(hi)`` must have opposite signs elementwise (an exact zero at either
     end is returned as is). With ``log=True`` the search runs in ``log x`` (x > 0). Stops
-    when every bracket is narrower than ``rtol`` relative, or after ``iters`` steps.
+    when every bracket is narrower than ``rtol * max(|x|, 1)`` (in ``log x`` when ``log``),
+    or after ``iters`` steps.
     """
     tr = np.log if log else (lambda x: x)
     inv = np.exp if log else (lambda t: t)
@@ -181,7 +182,8 @@ def _bisect(f, lo, hi, iters: int = 100, log: bool = False, rtol: float = 4e-16)
         b, fb = np.where(same_a, b, t), np.where(same_a, fb, ft)
         side = np.where(same_a, 1, -1)
         width = np.abs(b - a)
-        conv = (ft == 0) | (width <= rtol * np.maximum(np.abs(t), 1e-300 if log else 1.0))
+        # absolute in log x (= relative in x), relative in x away from 0
+        conv = (ft == 0) | (width <= rtol * np.maximum(np.abs(t), 1.0))
         root = np.where(done, root, t)
         done = done | conv
     return inv(root)
