@@ -61,6 +61,8 @@ def plot_maps(act: Activation, point: EOCPoint, path: str | Path, q_max: float |
     fig.suptitle(rf"EOC: $\sigma_w^2$={sw:.4g}, $\sigma_b^2$={sb:.4g}, $V'(q^*)$={point.dV:.3g}", fontsize=10)
     fig.tight_layout()
     path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".png")  # what matplotlib would write; report the real name
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -6,8 +6,8 @@
 * the EOC at q*: ``sigma_w2 = 1/E[phi'^2]``, ``sigma_b2 = q* - sigma_w2 E[phi^2]``; for the
   unclipped families this gives ``sigma_w2 = 1/(1-s)`` (Table 1) and ``V'(q*) = 1``.
 * clipped families: ``m`` solves ``V'(q*; m) = slope`` at the EOC; V'(q*) increases from 0
-  to 1 with m (Sec. 3.1), so a vectorized bisection in log m over every (s, slope) cell at
-  once finds it.
+  to 1 with m (Sec. 3.1); in closed form ``V'(q*) = 1 - u phi(a+u)/(Phi(a+u) - Phi(a))``
+  (u = m/sqrt q*, a = tau/sqrt q*), solved by safeguarded Newton over every cell at once.
 
 Every cell also reports ``V''(q*)``, the number of fixed points of V and whether q* is
 globally stable (the bifurcation of seed 004 Fig. 4).

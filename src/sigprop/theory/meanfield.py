@@ -574,7 +574,8 @@ def correlation_fixed_points(act: Activation | str, sigma_w2, sigma_b2, q_star, 
 
         roots.extend(_bisect(f, cs[idx], cs[idx + 1]).tolist())
     roots.extend(cs[np.abs(g) < 1e-12].tolist())
-    roots = _dedupe(sorted(roots), rtol=1e-7)
+    # a bracket next to c = 1 converges to 1 - 1e-12 at best: snap it (c = 1 is exact)
+    roots = _dedupe(sorted(1.0 if r > 1 - 1e-9 else r for r in roots), rtol=1e-7)
     out = []
     for c in roots:
         d = float(correlation_map_slope(act, c, q_star, sigma_w2))
