@@ -6,11 +6,14 @@ activation of the registry (``sigprop.theory.activations``).
 """
 
 from ._common import Network, resolve_activation
+from .init import INIT_ATTR, INIT_SCHEMES, delta_orthogonal_, fans, initialize, orthogonal_
 from .models import MLP, VCNN, VGG, VGG16_BLOCKS, VGG16X3_BLOCKS, LeNet5, LeNet300100
 from .registry import MODEL_NAMES, build_model, describe_model
 from .resnets import BasicBlock, ResNet, WideBlock, WideResNet
 
 __all__ = [
+    "INIT_ATTR",
+    "INIT_SCHEMES",
     "MLP",
     "MODEL_NAMES",
     "VCNN",
@@ -25,6 +28,10 @@ __all__ = [
     "WideBlock",
     "WideResNet",
     "build_model",
+    "delta_orthogonal_",
     "describe_model",
+    "fans",
+    "initialize",
+    "orthogonal_",
     "resolve_activation",
 ]
