@@ -101,6 +101,44 @@ def cmd_maps(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from sigprop.run_train import run_train
+
+    result = run_train(
+        model=args.model,
+        depth=args.depth,
+        width=args.width,
+        activation=args.activation,
+        act_params=parse_params(args.param),
+        init=args.init,
+        sigma_w2=args.sigma_w2,
+        sigma_b2=args.sigma_b2,
+        eta=args.eta,
+        data=args.data,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        device=args.device,
+        out=args.out,
+        resume=args.resume,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        acc = result["test_accuracy"]
+        state = f"diverged at step {result['diverged_step']}" if result["diverged"] else "finished"
+        print(
+            f"{state}: {result['steps']} steps, test accuracy {_fmt(acc)}, best val {_fmt(result['best_val_accuracy'])} ({result['seconds']:.1f} s)"
+        )
+        print(f"wrote {args.out}/model.pt, metrics.jsonl, result.json")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from sigprop.demo import run_demo
 
@@ -149,6 +187,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_point_args(m)
     m.add_argument("--plot", required=True, metavar="FILE.png", help="output image")
     m.set_defaults(func=cmd_maps)
+
+    t = sub.add_parser(
+        "train",
+        help="train a model (EOC or other initialization) on a data set",
+        description="Build a model, initialize it, train it with SGD/Adam and write model.pt, metrics.jsonl and "
+        "result.json to --out. --resume continues a killed run to exactly the weights an uninterrupted run reaches.",
+    )
+    t.add_argument(
+        "--model",
+        default="mlp",
+        help="model name (mlp, lenet300, lenet5, vcnn, vgg16, vgg16x3, resnet20, resnet32, ...; default mlp)",
+    )
+    t.add_argument("--depth", type=int, help="number of hidden layers (mlp, vcnn) or network depth (resnet, wrn)")
+    t.add_argument("--width", type=int, help="hidden width (mlp) or channels (vcnn, first block of vgg/resnet)")
+    t.add_argument(
+        "--activation", default="relu", metavar="ACT", help="activation name from the registry (default relu)"
+    )
+    t.add_argument("--param", action="append", metavar="NAME=VALUE", help="activation parameter, repeatable")
+    t.add_argument("--init", default="eoc", help="eoc (default), gaussian, lecun, glorot, he, orthogonal, correlated")
+    t.add_argument("--sigma-w2", type=float, help="weight variance sigma_w^2 (gaussian, correlated)")
+    t.add_argument(
+        "--sigma-b2", type=float, help="bias variance sigma_b^2 (gaussian; with eoc: choose the EOC point by it)"
+    )
+    t.add_argument("--eta", type=float, help="correlation strength of --init correlated (W = W_ind + eta w)")
+    t.add_argument(
+        "--data",
+        default="digits",
+        help="digits (default), mnist1d, mnist, fashion-mnist, cifar10, cifar100, tiny-imagenet, gaussian",
+    )
+    t.add_argument("--data-dir", help="folder holding the data files (mnist, fashion-mnist, cifar, tiny-imagenet)")
+    n = t.add_mutually_exclusive_group()
+    n.add_argument("--epochs", type=int, help="passes over the training data (default 10)")
+    n.add_argument("--iterations", type=int, help="optimizer steps (instead of --epochs)")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, help="learning rate (default 0.05 for sgd, 1e-3 for adam)")
+    t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    t.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="run the demo job (EOC points and map plots of a few activations)")
     d.add_argument("--out", default="demo", help="output directory (default: demo)")

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 __all__ = [
     "OPTIMIZERS",
@@ -362,25 +362,39 @@ class _TensorBatches:
 
 
 class _LoaderBatches:
-    """Batches of a DataLoader-like iterable; its shuffling generator is reseeded by (seed, epoch)."""
+    """Batches of a DataLoader-like iterable; its shuffling generators are reseeded by (seed, epoch).
+
+    A ``DataLoader`` (or ``RandomSampler``) without a generator is given one, so that neither its
+    shuffling nor its base seed draws from the global torch RNG.
+    """
 
     def __init__(self, loader, seed: int):
         self.loader, self.seed = loader, seed
         self.num_batches = len(loader)
         if self.num_batches == 0:
             raise ValueError("the training loader yields no batches")
+        if isinstance(loader, DataLoader) and loader.generator is None:
+            loader.generator = torch.Generator()
+        for obj in self._chain():
+            if isinstance(obj, RandomSampler) and obj.generator is None:
+                obj.generator = torch.Generator()
+
+    def _chain(self) -> Iterator[Any]:
+        """The loader, its samplers and batch samplers, and the samplers they wrap."""
+        for obj in (self.loader, getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):
+            while obj is not None:
+                yield obj
+                obj = getattr(obj, "sampler", None)
 
     def __len__(self) -> int:
         return self.num_batches
 
     def _generators(self) -> list[torch.Generator]:
-        gens = []
-        for obj in (self.loader, getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):
-            while obj is not None:
-                g = getattr(obj, "generator", None)
-                if isinstance(g, torch.Generator) and all(g is not h for h in gens):
-                    gens.append(g)
-                obj = getattr(obj, "sampler", None)
+        gens: list[torch.Generator] = []
+        for obj in self._chain():
+            g = getattr(obj, "generator", None)
+            if isinstance(g, torch.Generator) and all(g is not h for h in gens):
+                gens.append(g)
         return gens
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
@@ -474,7 +488,9 @@ def _finite_or_none(x: float | None) -> float | None:
 
 
 def _config_diff(saved: dict, current: dict) -> list[str]:
-    keys = (set(saved) | set(current)) - _RESUME_FREE
+    # keys a caller added to the saved config (e.g. the CLI's model/data settings) are the
+    # caller's to check; the training loop compares its own
+    keys = set(current) - _RESUME_FREE
     return [
         f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)"
         for k in sorted(keys)
@@ -523,8 +539,8 @@ def train_step(
 def train(
     model: nn.Module,
     splits_or_loaders,
-    config: TrainConfig | None = None,
-    out_dir: str | os.PathLike = ".",
+    config: TrainConfig | None,
+    out_dir: str | os.PathLike,
     *,
     resume: bool = False,
     progress: bool = True,
@@ -540,12 +556,13 @@ def train(
     splits_or_loaders : DatasetSplits or (train, val, test)
         A :class:`sigprop.data.DatasetSplits`, or a triple of ``TensorDataset`` s or DataLoaders
         yielding ``(inputs, labels)``. TensorDatasets are batched here with
-        ``config.batch_size``; a loader must already use that batch size. ``val`` / ``test`` may
+        ``config.batch_size``; a loader must already use that batch size (a DataLoader without a
+        ``generator`` is given one, see below). ``val`` / ``test`` may
         be ``None`` or empty, their accuracies are then ``None``. For bit-exact resumption, pass
         TensorDatasets (or loaders whose shuffling draws from ``loader.generator`` /
         ``sampler.generator``, which are reseeded each epoch).
-    config : TrainConfig, optional
-        Hyperparameters; ``TrainConfig()`` when omitted.
+    config : TrainConfig or None
+        Hyperparameters; ``None`` means ``TrainConfig()``.
     out_dir : path
         Folder for ``metrics.jsonl``, ``model.pt``, ``result.json`` and ``checkpoint.pt``
         (created if missing). Without ``resume`` its previous outputs are replaced.
@@ -562,7 +579,7 @@ def train(
     dict
         The content of ``result.json``: ``test_accuracy`` (final model), ``best_val_accuracy``,
         ``best_test_accuracy`` (test accuracy at the evaluation with the best validation
-        accuracy), ``steps`` (updates applied), ``epochs`` (``steps / batches per epoch``),
+        accuracy; both ``None`` without a validation set), ``steps`` (updates applied), ``epochs`` (``steps / batches per epoch``),
         ``diverged``, ``diverged_step``, ``seconds`` (training time, summed over resumptions),
         ``config`` (:meth:`TrainConfig.to_dict`).
     """
@@ -631,6 +648,12 @@ def train(
                     f"{paths['checkpoint']} was written with a different config ({'; '.join(diff)}); "
                     "use the same config or resume=False"
                 )
+            saved = (ckpt["data"]["batches_per_epoch"], ckpt["data"]["total_steps"])
+            if saved != (per_epoch, total):
+                raise ValueError(
+                    f"{paths['checkpoint']} was written for {saved[0]} batches per epoch and {saved[1]} steps, "
+                    f"this data gives {per_epoch} and {total}; use the same data or resume=False"
+                )
             try:
                 model.load_state_dict(ckpt["model"])
             except RuntimeError as e:
@@ -666,7 +689,6 @@ def _run(
     t_start = time.perf_counter() - state["seconds"]
     step = state["step"]
     diverged_step = None
-    last_lr = None
     pbar = tqdm(
         total=total, initial=step, disable=None if progress else True, desc="train", unit="step", file=sys.stderr
     )
@@ -681,7 +703,7 @@ def _run(
             "train_loss": _finite_or_none(loss),
             "val_accuracy": val,
             "test_accuracy": test,
-            "lr": last_lr,
+            "lr": base_lr * lr_factor(config, step - 1, total) if step > 0 else None,  # of the last update
         }
         state["metrics"].append(row)
         state["loss_sum"], state["loss_n"] = 0.0, 0
@@ -689,7 +711,10 @@ def _run(
             state["best_val"], state["best_test"] = val, test
         with open(paths["metrics"], "a") as f:
             f.write(json.dumps(row) + "\n")
-        pbar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "-", val=val, test=test, refresh=False)
+        pbar.set_postfix(
+            {k: "-" if v is None else f"{v:.4g}" for k, v in (("loss", loss), ("val", val), ("test", test))},
+            refresh=False,
+        )
 
     def checkpoint() -> None:
         ckpt = {
@@ -699,7 +724,13 @@ def _run(
             "optimizer": optimizer.state_dict(),
             "scheduler": {"schedule": config.schedule, "base_lr": base_lr, "total_steps": total},
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None},
-            "data": {"seed": config.seed, "epoch": step // per_epoch, "batch": step % per_epoch},
+            "data": {
+                "seed": config.seed,
+                "epoch": step // per_epoch,
+                "batch": step % per_epoch,
+                "batches_per_epoch": per_epoch,
+                "total_steps": total,
+            },
             **{k: state[k] for k in state if k not in ("step", "seconds")},
             "step": step,
             "seconds": time.perf_counter() - t_start,
@@ -713,9 +744,9 @@ def _run(
                 epoch, start = divmod(step, per_epoch)
                 for batch in batches.epoch(epoch, start):
                     x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-                    last_lr = base_lr * lr_factor(config, step, total)
+                    lr = base_lr * lr_factor(config, step, total)
                     for group in optimizer.param_groups:
-                        group["lr"] = last_lr
+                        group["lr"] = lr
                     loss_value = train_step(model, optimizer, loss_fn, x, y, masks)
                     if not math.isfinite(loss_value):
                         diverged_step = step + 1
