@@ -115,7 +115,9 @@ def _nonlinear_values(act: Activation, x: np.ndarray, what: str) -> np.ndarray:
         v = act.dphi(x)
         return v * v
     if what == "zero":
-        return np.where(act.phi(x) == 0, 1.0, 0.0)
+        # a non-linear piece vanishes on a null set only; counting phi(x) == 0 would count
+        # underflow (gelu's x Phi(x) is -0.0 below x = -38) as sparsity
+        return np.zeros_like(x)
     raise ValueError(f"unknown integrand {what!r}; allowed: {', '.join(FUNCTIONALS)}")
 
 
@@ -227,8 +229,15 @@ def bvn_cdf(h, k, rho) -> np.ndarray:
     limits h = 0 and/or k = 0 are taken explicitly. Infinite limits are allowed.
     """
     h, k, rho = np.broadcast_arrays(np.asarray(h, float), np.asarray(k, float), np.asarray(rho, float))
+    if np.any(np.isnan(h)) or np.any(np.isnan(k)):
+        raise ValueError("bvn_cdf limits h, k must not be NaN")
+    if not np.all(np.abs(rho) < 1):
+        raise ValueError(f"bvn_cdf needs a correlation |rho| < 1, got {rho[~(np.abs(rho) < 1)].ravel()[:3].tolist()}")
     h = np.clip(h, -CLIP, CLIP)
     k = np.clip(k, -CLIP, CLIP)
+    # |h| < 1e-150 is 0 to double precision for every term (Phi, T); avoids h*r underflow
+    h = np.where(np.abs(h) < 1e-150, 0.0, h)
+    k = np.where(np.abs(k) < 1e-150, 0.0, k)
     r = np.sqrt((1.0 - rho) * (1.0 + rho))
     with np.errstate(divide="ignore", invalid="ignore"):
         ah = (k - rho * h) / (h * r)
@@ -243,8 +252,8 @@ def bvn_cdf(h, k, rho) -> np.ndarray:
     half = 0.5 * (0.25 - np.arcsin(rho) / (2.0 * np.pi))
     th = np.where(both, half, th)
     tk = np.where(both, half, tk)
-    hk = h * k
-    delta = np.where((hk < 0) | ((hk == 0) & (h + k < 0)), 1.0, 0.0)
+    opposite = ((h < 0) & (k > 0)) | ((h > 0) & (k < 0))  # not h*k < 0: the product underflows
+    delta = np.where(opposite | ((hz | kz) & (h + k < 0)), 1.0, 0.0)
     out = 0.5 * (special.ndtr(h) + special.ndtr(k)) - th - tk - 0.5 * delta
     return np.clip(out, 0.0, 1.0)
 
@@ -335,6 +344,12 @@ def expect_bivariate(act: Activation, what: str, q1, q2, c, act2: Activation | N
     if act.is_batched or act2.is_batched:
         raise ValueError("expect_bivariate takes activations with scalar parameters")
     q1, q2, c = np.broadcast_arrays(np.asarray(q1, float), np.asarray(q2, float), np.asarray(c, float))
+    if not (np.all(q1 > 0) and np.all(q2 > 0) and np.all(np.isfinite(q1)) and np.all(np.isfinite(q2))):
+        raise ValueError("expect_bivariate variances q1, q2 must be finite and > 0")
+    if not np.all(np.abs(c) <= 1):
+        raise ValueError(
+            f"expect_bivariate correlation c must lie in [-1, 1], got {c[~(np.abs(c) <= 1)].ravel()[:3].tolist()}"
+        )
     s1, s2 = np.sqrt(q1), np.sqrt(q2)
     # Within 1e-12 of |c| = 1 the rectangle moments lose digits to cancellation (~1e-6 at
     # 1 - 1e-13); the c = +-1 value is then closer than 1e-11 (R' is bounded there).

@@ -55,6 +55,8 @@ __all__ = [
 MARGINAL_TOL = 1e-7
 #: Fixed points of V are searched on q in [Q_MIN, Q_MAX].
 Q_MIN, Q_MAX = 1e-8, 1e8
+#: Below this a variance is treated as 0 (q-derivative formulas divide by q^2).
+Q_TINY = 1e-100
 
 
 def _act(act, params=None) -> Activation:
@@ -85,9 +87,11 @@ def variance_map_derivatives(act: Activation | str, q, sigma_w2, sigma_b2, order
     q = _q(q)
     sigma_w2 = check_variance(sigma_w2, "sigma_w2")
     sigma_b2 = check_variance(sigma_b2, "sigma_b2")
-    e0, e2, e4 = expect_many(act, [("phi2", 0), ("phi2", 2), ("phi2", 4)][: order + 1], np.sqrt(q)) + [None] * (
-        2 - order
-    )
+    if order not in (0, 1, 2):
+        raise ValueError(f"order must be 0, 1 or 2, got {order}")
+    requests = [("phi2", 0), ("phi2", 2), ("phi2", 4)][: order + 1]
+    e0, e2, e4 = [*expect_many(act, requests, np.sqrt(q)), None, None][:3]
+    e0 = np.maximum(e0, 0.0)  # a second moment; cancellation in far tails can leave -1e-317
     out = [sigma_w2 * e0 + sigma_b2]
     if order >= 1:
         out.append(sigma_w2 * (e2 - e0) / (2.0 * q))
@@ -625,8 +629,11 @@ def depth_scales(
     """
     act = _act(act)
     q = float(attracting_q(act, sigma_w2, sigma_b2, q0))
-    if not math.isfinite(q) or q <= 0:
+    if not math.isfinite(q):
         return None, None
+    if q < Q_TINY:  # q^l -> 0 (sigma_b2 = 0, ordered): the q -> 0 limits V'(0) = chi_1(0)
+        slope = float(sigma_w2) * _dphi2_at_zero(act)
+        return _xi(slope), _xi(slope)
     _, dv, _ = variance_map_derivatives(act, q, sigma_w2, sigma_b2)
     c1 = float(chi1(act, q, sigma_w2))
     if c1 <= 1 - MARGINAL_TOL:
@@ -651,12 +658,17 @@ def gradient_ratio(
         raise ValueError(f"depth must be a non-negative integer, got {depth}")
     if q0 is None:
         q = float(attracting_q(act, sigma_w2, sigma_b2))
-        if not math.isfinite(q) or q <= 0:
-            raise NumericalError(f"the variance map of {act.label()} has no finite positive attracting q*")
-        return float(chi1(act, q, sigma_w2)) ** int(depth)
+        if not math.isfinite(q):
+            raise NumericalError(f"the variance map of {act.label()} diverges: no finite attracting q*")
+        c1 = float(sigma_w2) * _dphi2_at_zero(act) if q < Q_TINY else float(chi1(act, q, sigma_w2))
+        return c1 ** int(depth)
     q = float(sigma_w2) * float(check_variance(q0, "q0")) + float(sigma_b2)
     total = 1.0
     for _ in range(int(depth)):
+        if q < Q_TINY:  # the variance has collapsed to 0: chi_1 takes its q -> 0 limit
+            total *= float(sigma_w2) * _dphi2_at_zero(act)
+            q = float(sigma_w2) * float(act.phi(np.array(0.0))) ** 2 + float(sigma_b2)
+            continue
         total *= float(chi1(act, q, sigma_w2))
         q = float(variance_map(act, q, sigma_w2, sigma_b2))
     return check_finite(total, "gradient ratio")
