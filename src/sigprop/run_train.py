@@ -9,6 +9,7 @@ initialization settings, so a run is reproducible from its result alone.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from sigprop.data import DATASETS, load_dataset
@@ -72,9 +73,10 @@ def run_train(
         saved = json.loads(run_file.read_text())
         diff = [f"{k}: {saved.get(k)!r} (saved) vs {v!r} (now)" for k, v in settings.items() if saved.get(k) != v]
         if diff:
-            raise ValueError(f"{out} holds a run with different settings ({'; '.join(diff)}); use another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(settings, indent=2))
+            raise ValueError(
+                f"{out} holds a run with different settings ({'; '.join(diff)}); use another --out, or the same flags as the first run"
+            )
+
     config = TrainConfig(
         optimizer=optimizer,
         lr=lr,
@@ -90,6 +92,9 @@ def run_train(
     )
     init_kw = {"sigma_w2": sigma_w2, "sigma_b2": sigma_b2, "eta": eta}
     record = initialize(net, init, activation=act, seed=seed, **{k: v for k, v in init_kw.items() if v is not None})
+    # written only once everything above was accepted, so a rejected command leaves no trace
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(run_file, settings)
     result = train(net, splits, config, out, resume=resume, progress=progress)
     # the variances actually set (e.g. the EOC values) rather than the flags given
     result["config"] = {
@@ -98,5 +103,11 @@ def run_train(
         "sigma_w2": record.get("sigma_w2"),
         "sigma_b2": record.get("sigma_b2"),
     }
-    (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
+    _write_json(out / RESULT_FILE, result)
     return result
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
