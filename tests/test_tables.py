@@ -328,3 +328,19 @@ def test_unclipped_rows(kind, s, tau_p, v1_p, v2_p):
     assert rec.sigma_b2 == pytest.approx(sb, abs=1e-9)
     assert dv == pytest.approx(1.0, abs=1e-10)
     assert rec.d2V == pytest.approx(d2v, abs=1e-8)
+
+
+def test_clipped_closed_forms_match_the_general_engine():
+    # calibrate uses closed forms for crelu/cst; the general engine (truncated moments with
+    # He2/He4 weights) is the independent route for sigma_w2, sigma_b2, V', V''.
+    import numpy as np
+
+    from sigprop.theory.calibrate import _clipped_derivs, _derivs
+
+    rng = np.random.default_rng(3)
+    tau, m = rng.uniform(0, 2, 20), rng.uniform(0.05, 4, 20)
+    for kind in ("crelu", "cst"):
+        for q in (0.3, 1.0, 4.0):
+            np.testing.assert_allclose(
+                _clipped_derivs(kind, tau, m, q), _derivs(kind, tau, m, q), rtol=1e-11, atol=1e-12
+            )

@@ -30,6 +30,7 @@ from .meanfield import DegenerateFixedPoints, _local_stability, fixed_points
 
 __all__ = ["SparseCalibration", "calibrate_sparse", "tau_for_sparsity"]
 
+_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 #: bracket for m, in units of sqrt(q*)
 M_MIN, M_MAX = 1e-6, 1e3
 
@@ -104,6 +105,29 @@ def _derivs(kind, tau, m, q):
     return sw, sb, dv, d2v
 
 
+def _clipped_derivs(kind, tau, m, q):
+    """Closed forms of :func:`_derivs` for crelu/cst (c = 1 / 2 symmetric halves).
+
+    With ``a = tau/sqrt q``, ``u = m/sqrt q``, ``b = a + u``, ``D = Phi(b) - Phi(a)`` and the
+    truncated moments ``M_k`` of N(0, 1) on (a, b):
+    ``E[phi'^2] = c D``, ``E[phi^2] = c q (M2 - 2a M1 + a^2 M0 + u^2 Phi(-b))``, on the EOC
+    ``V'(q) = 1 - u phi(b)/D`` and ``V''(q) = (a phi(a) - b phi(b) - u phi(b)(b^2 - 1))/(2 q D)``
+    (V'' from the He4 identity; tests check all four against the general engine).
+    """
+    c = 1.0 if kind == "crelu" else 2.0
+    sq = math.sqrt(q)
+    a = np.asarray(tau, float) / sq
+    u = np.asarray(m, float) / sq
+    b = a + u
+    pa = np.exp(-0.5 * a * a) * _INV_SQRT2PI
+    pb = np.exp(-0.5 * b * b) * _INV_SQRT2PI
+    mass = normal_mass(a, b)
+    m2 = mass + a * pa - b * pb
+    e2 = c * q * (m2 - 2.0 * a * (pa - pb) + a * a * mass + u * u * special.ndtr(-b))
+    sw = 1.0 / (c * mass)
+    return sw, q - sw * e2, 1.0 - u * pb / mass, (a * pa - b * pb - u * pb * (b * b - 1.0)) / (2.0 * q * mass)
+
+
 def _clipped_slope(a, u):
     """``V'(q*)`` at the EOC of crelu/cst and its derivative in u, in closed form.
 
@@ -111,14 +135,14 @@ def _clipped_slope(a, u):
     ``E[phi'^2] = c D`` and the kink at tau+m (phi = m, phi' jumps by -1) adds
     ``-c m p_q(tau+m)`` to ``E[phi'^2 + phi phi'']`` (c = 1 for crelu, 2 for cst), so on the
     EOC (sigma_w2 = 1/(c D)) ``V'(q*) = 1 - u phi(b) / D`` for both families (seed 004
-    eqs 13-18; the tests check it against the general engine).
+    eqs 13-18; the tests check it against the general engine). ``a >= 0`` (tau >= 0), so
+    ``D = Phi(-a) - Phi(-b)`` has no cancellation.
     """
     b = a + u
-    dens = np.exp(-0.5 * b * b) / math.sqrt(2 * math.pi)
-    mass = normal_mass(a, b)
+    dens = np.exp(-0.5 * b * b) * _INV_SQRT2PI
+    mass = special.ndtr(-a) - special.ndtr(-b)
     g = u * dens / mass
-    dg = dens * (1.0 - u * b) / mass - u * dens * dens / (mass * mass)
-    return 1.0 - g, -dg
+    return 1.0 - g, g * (g + u * b - 1.0) / u  # d/du (1 - g), g = u phi(b)/D
 
 
 def solve_m(kind: str, tau, slope, q_star: float = 1.0) -> np.ndarray:
@@ -126,7 +150,7 @@ def solve_m(kind: str, tau, slope, q_star: float = 1.0) -> np.ndarray:
 
     V'(q*) increases from 0 (m -> 0) to 1 (m -> inf) (seed 004 Sec. 3.1), so the root is
     unique: safeguarded Newton on the closed form of :func:`_clipped_slope`, bisection
-    whenever a Newton step leaves the bracket.
+    (in log u) whenever a Newton step leaves the bracket.
     """
     tau, slope = np.broadcast_arrays(np.asarray(tau, float), np.asarray(slope, float))
     if np.any((slope <= 0) | (slope >= 1)):
@@ -145,11 +169,10 @@ def solve_m(kind: str, tau, slope, q_star: float = 1.0) -> np.ndarray:
         f = v - slope
         lo = np.where(f < 0, u, lo)
         hi = np.where(f > 0, u, hi)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = u - f / dv
-        bad = ~np.isfinite(step) | (step <= lo) | (step >= hi)
+        step = u - f / dv
+        bad = ~((step > lo) & (step < hi))  # also catches NaN
         new = np.where(bad, np.sqrt(lo * hi), step)
-        if np.all(np.abs(new - u) <= 1e-15 * u):
+        if (np.abs(new - u) <= 1e-15 * u).all():
             u = new
             break
         u = new
@@ -193,7 +216,8 @@ def calibrate_sparse(
     v_arr = np.array([c[1] for c in combos])
     tau = tau_for_sparsity(kind, s_arr, q)
     m = solve_m(kind, tau, v_arr, q) if clipped else None
-    sw, sb, dv, d2v = (np.broadcast_to(x, s_arr.shape) for x in _derivs(kind, tau, m, q))
+    derivs = _clipped_derivs(kind, tau, m, q) if clipped else _derivs(kind, tau, m, q)
+    sw, sb, dv, d2v = (np.broadcast_to(x, s_arr.shape) for x in derivs)
     out = []
     for i in range(len(combos)):
         mi = None if m is None else float(m[i])
