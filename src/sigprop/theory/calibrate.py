@@ -164,21 +164,31 @@ def solve_m(kind: str, tau, slope, q_star: float = 1.0) -> np.ndarray:
             f"{kind}: V'(q*) stays below {slope.tolist()} for every m <= {M_MAX:g} sqrt(q*); choose a smaller slope"
         )
     u = np.ones(tau.shape)
+    tail_a = special.ndtr(-a)  # Phi(-a), constant over the iterations
+    target = 1.0 - slope
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        u = _newton_u(a, u, lo, hi, tail_a, target, kind)
+    return check_finite(u * sq, f"{kind} clipping magnitude m")
+
+
+def _newton_u(a, u, lo, hi, tail_a, target, kind):
     for _ in range(100):
-        v, dv = _clipped_slope(a, u)
-        f = v - slope
+        # inlined _clipped_slope with Phi(-a) hoisted: g = u phi(b) / D = 1 - V'
+        b = a + u
+        g = u * np.exp(-0.5 * b * b) * _INV_SQRT2PI / (tail_a - special.ndtr(-b))
+        f = target - g  # = V'(u) - slope, increasing in u
         lo = np.where(f < 0, u, lo)
         hi = np.where(f > 0, u, hi)
-        step = u - f / dv
-        bad = ~((step > lo) & (step < hi))  # also catches NaN
+        step = u - f * u / (g * (g + u * b - 1.0))
+        bad = ~((step >= lo) & (step <= hi))  # also catches NaN
         new = np.where(bad, np.sqrt(lo * hi), step)
-        if (np.abs(new - u) <= 1e-15 * u).all():
+        if (np.abs(new - u) <= 1e-14 * u).all():
             u = new
             break
         u = new
     else:  # pragma: no cover - Newton with bisection fallback converges long before
         raise NumericalError(f"{kind}: solving V'(q*) = slope for m did not converge")
-    return check_finite(u * sq, f"{kind} clipping magnitude m")
+    return u
 
 
 def calibrate_sparse(
