@@ -274,7 +274,7 @@ class DegenerateFixedPoints(ValueError):
 def _d2v_at_zero(act, sw) -> tuple[float | None, float]:
     """(lim_{q->0} V''(q) or None when it diverges, V''(1e-8) whose sign decides stability).
 
-    phi' jumping at 0 with phi'' != 0 on one side (selu, elu with alpha != 1) makes V''
+    phi' jumping at 0, or phi'' jumping there (selu, elu for every alpha), makes V''
     grow like q^-1/2.
     """
     _, _, d2a = variance_map_derivatives(act, 1e-6, sw, 0.0)
