@@ -528,13 +528,8 @@ def _is_homogeneous(act: Activation) -> bool:
 def _eoc_homogeneous(act, sigma_b2, q_star) -> EOCPoint:
     d = float(expect(act, "dphi2", 1.0))
     sw = 1.0 / d
-    e2 = float(expect(act, "phi2", 1.0))
-    if abs(sw * e2 - 1.0) > 1e-12:
-        # chi_1 = 1 but V(q) = sw*e2*q != q: only q* = 0 (sigma_b2 = 0) is possible
-        if (sigma_b2 is not None and sigma_b2 > 0) or q_star is not None:
-            raise NoEOCError(
-                f"no EOC point for {act.label()} with q*>0 or sigma_b2>0: chi_1 = 1 forces V(q) = {sw * e2:.4g} q"
-            )
+    # phi = a x (x < 0), b x (x > 0): E[phi^2] = q (a^2 + b^2)/2 = q E[phi'^2], so on the EOC
+    # V(q) = q exactly and sigma_b2 must be 0
     if sigma_b2 is not None and float(check_variance(sigma_b2, "sigma_b2")) > 0:
         raise NoEOCError(
             f"no EOC point exists for {act.label()} with sigma_b2={sigma_b2:g}: its EOC is sigma_w2={sw:.6g}, sigma_b2=0 only"
