@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# exactly this torch: a CPU build found locally (a looser pin pulls GBs of CUDA packages)
+	# exactly this torch: on these machines pip finds a local CPU build of it; a looser pin
+	# (or plain PyPI elsewhere) pulls the CUDA build with GBs of nvidia packages
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)

@@ -135,7 +135,7 @@ def cmd_train(args) -> int:
         print(
             f"{state}: {result['steps']} steps, test accuracy {_fmt(acc)}, best val {_fmt(result['best_val_accuracy'])} ({result['seconds']:.1f} s)"
         )
-        print(f"wrote {args.out}/model.pt, metrics.jsonl, result.json")
+        print(f"wrote {args.out}/model.pt, metrics.jsonl, result.json, run.json")
     return 0
 
 

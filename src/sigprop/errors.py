@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NoEOCError", "NumericalError", "check_finite"]
+__all__ = ["NoEOCError", "NumericalError", "check_finite", "check_variance"]
 
 
 class NoEOCError(ValueError):

@@ -70,7 +70,10 @@ def run_train(
     out = Path(out)
     run_file = out / RUN_FILE
     if resume and run_file.exists():
-        saved = json.loads(run_file.read_text())
+        try:
+            saved = json.loads(run_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{run_file} is not valid JSON ({exc}); remove it or use another --out") from exc
         diff = [f"{k}: {saved.get(k)!r} (saved) vs {v!r} (now)" for k, v in settings.items() if saved.get(k) != v]
         if diff:
             raise ValueError(

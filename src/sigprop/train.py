@@ -192,9 +192,19 @@ class TrainConfig:
         return cls(**d)
 
 
+def _load(path: Path, device):
+    """torch.load with a ValueError naming the file when it is unreadable (e.g. truncated)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # UnpicklingError, EOFError, RuntimeError from a corrupt zip
+        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); remove it or use another --out") from exc
+
+
 def _check_real(value, name: str, positive: bool = False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     if value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value}")
     return value
@@ -603,7 +613,7 @@ def train(
                 f"{out} holds a finished run with a different config ({'; '.join(diff)}); use resume=False"
             )
         model.to(device)
-        model.load_state_dict(torch.load(paths["model"], map_location=device, weights_only=True))
+        model.load_state_dict(_load(paths["model"], device))
         return result
 
     train_src, val_src, test_src = _split_sources(splits_or_loaders)
@@ -639,7 +649,7 @@ def train(
             "seconds": 0.0,
         }
         if resume and paths["checkpoint"].exists():
-            ckpt = torch.load(paths["checkpoint"], map_location="cpu", weights_only=True)
+            ckpt = _load(paths["checkpoint"], "cpu")
             if ckpt.get("format") != _CHECKPOINT_FORMAT:
                 raise ValueError(f"{paths['checkpoint']} has an unknown format; use resume=False")
             diff = _config_diff(ckpt["config"], cfg)

@@ -46,6 +46,7 @@ __all__ = [
     "fixed_points",
     "gradient_ratio",
     "phase",
+    "second_moment",
     "sparsity",
     "variance_map",
     "variance_map_derivatives",
@@ -73,7 +74,7 @@ def _q(q, name="q"):
 def second_moment(act: Activation | str, q) -> np.ndarray:
     """``E[phi(sqrt(q) Z)^2]`` (q > 0, any shape)."""
     act = _act(act)
-    return expect(act, "phi2", np.sqrt(_q(q)))
+    return np.maximum(expect(act, "phi2", np.sqrt(_q(q))), 0.0)  # far-tail cancellation can leave -1e-317
 
 
 def variance_map(act: Activation | str, q, sigma_w2, sigma_b2) -> np.ndarray:
