@@ -197,7 +197,9 @@ def _load(path: Path, device):
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # UnpicklingError, EOFError, RuntimeError from a corrupt zip
-        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); remove it or use another --out") from exc
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); remove it or use another --out"
+        ) from exc
 
 
 def _check_real(value, name: str, positive: bool = False):

@@ -25,8 +25,8 @@ from scipy import special
 from sigprop.errors import NumericalError, check_finite, check_variance
 
 from .activations import SPARSE_FAMILIES, get_activation
-from .gaussian import expect_many, normal_mass
-from .meanfield import DegenerateFixedPoints, _local_stability, fixed_points
+from .gaussian import normal_mass
+from .meanfield import DegenerateFixedPoints, _local_stability, eoc_from_q, fixed_points, variance_map_derivatives
 
 __all__ = ["SparseCalibration", "calibrate_sparse", "tau_for_sparsity"]
 
@@ -95,13 +95,10 @@ class SparseCalibration:
 
 
 def _derivs(kind, tau, m, q):
-    """sigma_w2, sigma_b2, V'(q), V''(q) at the EOC for a batch of activations (one pass)."""
+    """sigma_w2, sigma_b2, V'(q), V''(q) at the EOC for a batch of activations (general engine)."""
     act = get_activation(kind, tau=tau) if m is None else get_activation(kind, tau=tau, m=m)
-    d, e0, e2, e4 = expect_many(act, [("dphi2", 0), ("phi2", 0), ("phi2", 2), ("phi2", 4)], math.sqrt(q))
-    sw = 1.0 / d
-    sb = q - sw * e0
-    dv = sw * (e2 - e0) / (2.0 * q)
-    d2v = sw * (e4 - 6.0 * e2 + 3.0 * e0) / (4.0 * q * q)
+    sw, sb = eoc_from_q(act, q)
+    _, dv, d2v = variance_map_derivatives(act, q, sw, 0.0)  # V', V'' do not depend on sigma_b2
     return sw, sb, dv, d2v
 
 
@@ -128,7 +125,7 @@ def _clipped_derivs(kind, tau, m, q):
     return sw, q - sw * e2, 1.0 - u * pb / mass, (a * pa - b * pb - u * pb * (b * b - 1.0)) / (2.0 * q * mass)
 
 
-def _clipped_slope(a, u):
+def _clipped_slope(a, u, tail_a=None):
     """``V'(q*)`` at the EOC of crelu/cst and its derivative in u, in closed form.
 
     With ``a = tau/sqrt(q*)``, ``u = m/sqrt(q*)``, ``b = a + u`` and ``D = Phi(b) - Phi(a)``:
@@ -136,11 +133,12 @@ def _clipped_slope(a, u):
     ``-c m p_q(tau+m)`` to ``E[phi'^2 + phi phi'']`` (c = 1 for crelu, 2 for cst), so on the
     EOC (sigma_w2 = 1/(c D)) ``V'(q*) = 1 - u phi(b) / D`` for both families (seed 004
     eqs 13-18; the tests check it against the general engine). ``a >= 0`` (tau >= 0), so
-    ``D = Phi(-a) - Phi(-b)`` has no cancellation.
+    ``D = Phi(-a) - Phi(-b)`` has no cancellation; ``tail_a`` = Phi(-a) may be passed in when
+    ``a`` is fixed over many calls.
     """
     b = a + u
     dens = np.exp(-0.5 * b * b) * _INV_SQRT2PI
-    mass = special.ndtr(-a) - special.ndtr(-b)
+    mass = (special.ndtr(-a) if tail_a is None else tail_a) - special.ndtr(-b)
     g = u * dens / mass
     return 1.0 - g, g * (g + u * b - 1.0) / u  # d/du (1 - g), g = u phi(b)/D
 
@@ -163,23 +161,20 @@ def solve_m(kind: str, tau, slope, q_star: float = 1.0) -> np.ndarray:
         raise ValueError(
             f"{kind}: V'(q*) stays below {slope.tolist()} for every m <= {M_MAX:g} sqrt(q*); choose a smaller slope"
         )
-    u = np.ones(tau.shape)
-    tail_a = special.ndtr(-a)  # Phi(-a), constant over the iterations
-    target = 1.0 - slope
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        u = _newton_u(a, u, lo, hi, tail_a, target, kind)
+        u = _newton_u(a, slope, lo, hi, kind)
     return check_finite(u * sq, f"{kind} clipping magnitude m")
 
 
-def _newton_u(a, u, lo, hi, tail_a, target, kind):
+def _newton_u(a, slope, lo, hi, kind):
+    tail_a = special.ndtr(-a)  # Phi(-a), constant over the iterations
+    u = np.ones(a.shape)
     for _ in range(100):
-        # inlined _clipped_slope with Phi(-a) hoisted: g = u phi(b) / D = 1 - V'
-        b = a + u
-        g = u * np.exp(-0.5 * b * b) * _INV_SQRT2PI / (tail_a - special.ndtr(-b))
-        f = target - g  # = V'(u) - slope, increasing in u
+        v, dv = _clipped_slope(a, u, tail_a)
+        f = v - slope  # increasing in u
         lo = np.where(f < 0, u, lo)
         hi = np.where(f > 0, u, hi)
-        step = u - f * u / (g * (g + u * b - 1.0))
+        step = u - f / dv
         bad = ~((step >= lo) & (step <= hi))  # also catches NaN
         new = np.where(bad, np.sqrt(lo * hi), step)
         if (np.abs(new - u) <= 1e-14 * u).all():
