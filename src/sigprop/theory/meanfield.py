@@ -607,11 +607,10 @@ def phase(act: Activation | str, sigma_w2, sigma_b2, q0=1.0, tol: float = 1e-3) 
     (chi_1 > 1) or ``"eoc"`` (|chi_1 - 1| <= tol). Vectorized; returns a string array."""
     act = _act(act)
     q = attracting_q(act, sigma_w2, sigma_b2, q0)
-    qq = np.where(np.isfinite(q) & (q > 0), q, np.nan)
-    with np.errstate(invalid="ignore"):
-        c1 = np.asarray(sigma_w2, float) * expect(act, "dphi2", np.sqrt(np.where(np.isnan(qq), 1.0, qq)))
-        c1 = np.where(q == 0, np.asarray(sigma_w2, float) * _dphi2_at_zero(act), c1)
-        c1 = np.where(np.isinf(q), np.inf, c1)
+    sw = np.asarray(sigma_w2, float)
+    collapsed, diverged = q < Q_TINY, np.isinf(q)  # same q -> 0 limit as depth_scales
+    c1 = sw * expect(act, "dphi2", np.sqrt(np.where(collapsed | diverged, 1.0, q)))
+    c1 = np.where(collapsed, sw * _dphi2_at_zero(act), np.where(diverged, np.inf, c1))
     return np.where(c1 < 1 - tol, "ordered", np.where(c1 > 1 + tol, "chaotic", "eoc"))
 
 
