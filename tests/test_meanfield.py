@@ -170,3 +170,20 @@ def test_bivariate_rejects_unknown_integrand():
 
     with pytest.raises(ValueError, match="'phi' or 'dphi'"):
         expect_bivariate(get_activation("relu"), "phi2", 1.0, 1.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    "name, sw, expected",
+    [
+        # V(q) = sw E[phi(sqrt q Z)^2] with phi = a x + b x^3 / 6 + ...: V''(0) = 2 b / a at sw = 1 / a^2
+        ("tanh", 1.0, -4.0),  # a = 1, b = -2
+        ("erf", math.pi / 4, -4.0),  # a = 2 / sqrt(pi), b = -4 / sqrt(pi)
+        ("hard_tanh", 1.0, 0.0),  # linear near 0: V(q) = q up to exp(-1/(2q)) terms
+    ],
+)
+def test_eoc_at_zero_second_derivative_is_the_limit(name, sw, expected):
+    p = eoc(name, sigma_b2=0.0)
+    assert p.q_star == 0.0 and p.sigma_w2 == pytest.approx(sw, rel=1e-12)
+    assert p.d2V == pytest.approx(expected, abs=2e-9)
+    # q = 0 attracts: V(q) < q just right of it for all three
+    assert p.stable is True

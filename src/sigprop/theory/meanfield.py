@@ -273,15 +273,30 @@ class DegenerateFixedPoints(ValueError):
 
 
 def _d2v_at_zero(act, sw) -> tuple[float | None, float]:
-    """(lim_{q->0} V''(q) or None when it diverges, V''(1e-8) whose sign decides stability).
+    """(lim_{q->0} V''(q), or None when it diverges; the sign deciding stability of q = 0 at V'(0) = 1).
 
     phi' jumping at 0, or phi'' jumping there (selu, elu for every alpha), makes V''
-    grow like q^-1/2.
+    grow like q^-1/2: then V''(1e-8) gives the sign. Otherwise V'' is smooth in q near 0 and the
+    limit is the Richardson extrapolation (8 V''(h) - 6 V''(2h) + V''(4h)) / 3, exact for a
+    quadratic in q, at h = 2e-5, which balances the He4 route's rounding (growing like 1/h^2)
+    against the O(h^3) remainder: tanh and erf (both exactly -4) come out within 4e-10, where
+    V''(1e-8) itself carries an O(q) bias (-4 + 3.4e-7 for tanh). A limit within 1e-8 of zero (hard_tanh: V(q) = q up to exp(-1/(2q)) terms) carries no
+    sign; it is then read off the first grid point where V(q) - q is resolved from rounding.
     """
     _, _, d2a = variance_map_derivatives(act, 1e-6, sw, 0.0)
     _, _, d2b = variance_map_derivatives(act, 1e-8, sw, 0.0)
     d2a, d2b = float(d2a), float(d2b)
-    return (d2b if abs(d2a - d2b) <= 1e-3 * max(1.0, abs(d2b)) else None), d2b
+    if abs(d2a - d2b) > 1e-3 * max(1.0, abs(d2b)):
+        return None, d2b
+    h = 2e-5
+    f1, f2, f4 = variance_map_derivatives(act, np.array([h, 2 * h, 4 * h]), sw, 0.0)[2]
+    limit = float((8.0 * f1 - 6.0 * f2 + f4) / 3.0)
+    if abs(limit) > 1e-8:
+        return limit, limit
+    qs = np.geomspace(Q_MIN, Q_MAX, 801)
+    g = variance_map(act, qs, sw, 0.0) - qs
+    resolved = np.nonzero(np.abs(g) > 1e-13 * qs)[0]
+    return 0.0, float(np.sign(g[resolved[0]])) if resolved.size else 0.0
 
 
 def _tangent_root(act, sw, sb, lo, hi):
