@@ -2,7 +2,7 @@
 mean-field maps and Edge of Chaos, calibration of sparse activations."""
 
 from .activations import Activation, available, get_activation
-from .calibrate import SparseCalibration, calibrate_sparse, tau_for_sparsity
+from .calibrate import SparseCalibration, calibrate_grid, calibrate_sparse, solve_m, tau_for_sparsity
 from .gaussian import bvn_cdf, expect, expect_bivariate
 from .meanfield import (
     EOCPoint,
@@ -30,6 +30,7 @@ __all__ = [
     "SparseCalibration",
     "available",
     "bvn_cdf",
+    "calibrate_grid",
     "calibrate_sparse",
     "chi1",
     "correlation_fixed_points",
@@ -45,6 +46,7 @@ __all__ = [
     "get_activation",
     "gradient_ratio",
     "phase",
+    "solve_m",
     "sparsity",
     "tau_for_sparsity",
     "variance_map",
