@@ -100,8 +100,10 @@ from sigprop.theory.meanfield import eoc
 __all__ = [
     "INIT_ATTR",
     "INIT_SCHEMES",
+    "activation_from_module",
     "delta_orthogonal_",
     "fans",
+    "haar",
     "initialize",
     "orthogonal_",
 ]
@@ -118,7 +120,8 @@ _EOC_SCHEMES = ("eoc", "orthogonal", "correlated")
 # ----------------------------------------------------------------------------------------
 # Activation lookup
 # ----------------------------------------------------------------------------------------
-def _from_torch_module(m: nn.Module) -> Activation | None:
+def activation_from_module(m: nn.Module) -> Activation | None:
+    """The registry activation a torch module computes (TorchActivation, nn.ReLU, nn.Tanh, ...), or None."""
     act = getattr(m, "act", None)
     if isinstance(act, Activation):  # sigprop.nn_activations.TorchActivation
         return act
@@ -158,7 +161,7 @@ def _resolve_activation(activation=None, act_params: dict | None = None, model: 
     if isinstance(activation, Activation):
         return activation
     if isinstance(activation, nn.Module):
-        act = _from_torch_module(activation)
+        act = activation_from_module(activation)
         if act is not None:
             return act
         raise ValueError(
@@ -186,7 +189,7 @@ def _randn(shape, generator, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator, dtype=dtype, device="cpu")
 
 
-def _haar(rows: int, cols: int, generator, dtype=torch.float32) -> torch.Tensor:
+def haar(rows: int, cols: int, generator, dtype=torch.float32) -> torch.Tensor:
     """Haar-distributed ``rows x cols`` matrix with orthonormal rows (rows <= cols) or
     columns (rows > cols), on the CPU (QR of a Gaussian, signs fixed by diag R)."""
     big, small = max(rows, cols), min(rows, cols)
@@ -204,7 +207,7 @@ def orthogonal_(weight: torch.Tensor, gain: float = 1.0, generator: torch.Genera
     """
     if weight.dim() != 2:
         raise ValueError(f"orthogonal_ expects a 2-D weight, got shape {tuple(weight.shape)}")
-    q = _haar(weight.shape[0], weight.shape[1], generator, _draw_dtype(weight.dtype)) * float(gain)
+    q = haar(weight.shape[0], weight.shape[1], generator, _draw_dtype(weight.dtype)) * float(gain)
     with torch.no_grad():
         weight.copy_(q.to(device=weight.device, dtype=weight.dtype))
     return weight
@@ -230,7 +233,7 @@ def delta_orthogonal_(
     full = torch.zeros(tuple(weight.shape), dtype=dt)
     centre = tuple(k // 2 for k in weight.shape[2:])
     for g in range(groups):
-        block = _haar(out_g, in_g, generator, dt) * float(gain)
+        block = haar(out_g, in_g, generator, dt) * float(gain)
         full[(slice(g * out_g, (g + 1) * out_g), slice(None), *centre)] = block
     with torch.no_grad():
         weight.copy_(full.to(device=weight.device, dtype=weight.dtype))
