@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from sigprop import __version__
+from sigprop.cli_prune import add_prune_from_args, add_prune_parser
 from sigprop.errors import NumericalError
 from sigprop.theory.activations import SPARSE_FAMILIES, get_activation, parse_params
 
@@ -126,6 +127,8 @@ def cmd_train(args) -> int:
         out=args.out,
         resume=args.resume,
         progress=not args.json,
+        prune_from=args.prune_from,
+        allow_collapse=args.allow_collapse,
     )
     if args.json:
         print(json.dumps(result))
@@ -229,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--json", action="store_true", help="print the result as one JSON object")
     t.set_defaults(func=cmd_train)
+    add_prune_from_args(t)
+    add_prune_parser(sub)
 
     d = sub.add_parser("demo", help="run the demo job (EOC points and map plots of a few activations)")
     d.add_argument("--out", default="demo", help="output directory (default: demo)")

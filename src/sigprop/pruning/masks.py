@@ -15,11 +15,13 @@ permanent.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from tqdm.auto import tqdm
 
 from .scores import Params, _abs_state_, _linearized_copy, _params_in_copy, _synflow_pass, named_prunable
 
@@ -65,8 +67,18 @@ def global_order(scores: dict) -> torch.Tensor:
 
 
 def _keep_top(flat: torch.Tensor, k: int) -> torch.Tensor:
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    keep[torch.argsort(-flat, stable=True)[:k]] = True
+    """The ``k`` largest entries, ties at the threshold broken by position (first kept): the
+    same set as the first ``k`` of a stable descending sort, in O(n) by a k-th value selection
+    (a full sort per round made SynFlow's 100 rounds cost 150x its passes)."""
+    n = flat.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool)
+    v = torch.kthvalue(flat, n - k + 1).values
+    keep = flat > v
+    ties = torch.nonzero(flat == v).reshape(-1)
+    keep[ties[: k - int(keep.sum())]] = True
     return keep
 
 
@@ -175,6 +187,7 @@ def synflow_masks(
     rounds: int = 100,
     scope: str = "global",
     params: Params | None = None,
+    progress: bool = False,
 ) -> dict:
     """Iterative SynFlow (Tanaka et al. 2020, Algorithm 1): masks after ``rounds`` rounds.
 
@@ -182,6 +195,7 @@ def synflow_masks(
     :func:`sigprop.pruning.scores.synflow_scores`) and masks to sparsity
     ``s_k = 1 - (1 - s)^(k / rounds)`` (exponential schedule); pruned entries stay pruned. The
     final mask keeps exactly ``round((1 - s) n)`` entries. The model is never touched.
+    ``progress`` shows a tqdm bar over the rounds (on stderr).
     """
     s = _check_sparsity(sparsity)
     if rounds < 1:
@@ -196,7 +210,7 @@ def synflow_masks(
         for name, m, t in named_copy:
             originals[name] = getattr(m, t + "_orig", getattr(m, t)).detach().clone()
     masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in originals.items()}
-    for k in range(1, rounds + 1):
+    for k in tqdm(range(1, rounds + 1), desc="synflow", disable=not progress, file=sys.stderr):
         with torch.no_grad():
             for name, m, t in named_copy:
                 leaf = getattr(m, t + "_orig", None)

@@ -228,7 +228,7 @@ def snip_scores(
         raise ValueError(f"batches must be >= 1 or None, got {batches}")
     named = named_prunable(model, params)
     leaves = [_leaf(m, t) for _, m, t in named]
-    grads = [torch.zeros_like(p) for p in leaves]
+    grads: list[torch.Tensor | None] = [None] * len(leaves)
     seen = 0
     with _Preserve(model):
         for p in leaves:
@@ -239,13 +239,16 @@ def snip_scores(
             x, y = (batch, None) if isinstance(batch, torch.Tensor) else (batch[0], batch[1])
             value = surrogate_loss(model(x), y, loss)
             gs = torch.autograd.grad(value, leaves, allow_unused=True)
-            for acc, g in zip(grads, gs, strict=True):
+            for j, g in enumerate(gs):  # the first batch's gradient is the accumulator (no copy)
                 if g is not None:
-                    acc.add_(g)
+                    grads[j] = g if grads[j] is None else grads[j].add_(g)
             seen += 1
     if seen == 0:
         raise ValueError("snip_scores got no batch of data")
-    return {name: (p.detach() * g).abs() for (name, _, _), p, g in zip(named, leaves, grads, strict=True)}
+    return {
+        name: torch.zeros_like(p) if g is None else g.mul_(p.detach()).abs_()
+        for (name, _, _), p, g in zip(named, leaves, grads, strict=True)
+    }
 
 
 # ----------------------------------------------------------------------------- SynFlow
@@ -278,7 +281,7 @@ def _synflow_pass(net: nn.Module, named_copy, in_shape: tuple[int, ...]) -> dict
         p.requires_grad_(False)
     for p in leaves:
         p.requires_grad_(True)
-    x = torch.ones((1, *in_shape), dtype=torch.float64)
+    x = torch.ones((1, *in_shape), dtype=torch.float64, device=leaves[0].device)
     r = net(x).sum()
     gs = torch.autograd.grad(r, leaves, allow_unused=True)
     return {
