@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 
 import pytest
 import torch
@@ -310,3 +311,23 @@ def test_random_scores_are_independent_of_weights_drawn_with_the_same_seed():
     # ~20k kept Gaussian weights: the mean square has relative sd sqrt(2 / 20k) ~ 0.01 (per-layer
     # fan-ins differ, so allow 5 sd + a little); the correlated draw gave 1.76
     assert abs(ratio - 1.0) < 0.08, ratio
+
+
+@pytest.mark.parametrize("kind", ["distinct", "ties", "half_pruned", "all_equal"])
+def test_top_k_selection_equals_a_stable_descending_sort(kind):
+    # the bracketed O(n) selection (inputs >= 65536 entries) against the definition
+    from sigprop.pruning.masks import _keep_top
+
+    g = torch.Generator().manual_seed(3)
+    n = 70_001
+    x = torch.rand(n, generator=g, dtype=torch.float64)
+    if kind == "ties":
+        x = torch.round(x * 50) / 50
+    elif kind == "half_pruned":
+        x[: n // 2] = -math.inf
+    elif kind == "all_equal":
+        x = torch.zeros(n, dtype=torch.float64)
+    for k in (1, n // 10, n // 2, n - 1):
+        ref = torch.zeros(n, dtype=torch.bool)
+        ref[torch.argsort(-x, stable=True)[:k]] = True
+        assert torch.equal(_keep_top(x, k), ref), k
