@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from sigprop import __version__
 from sigprop.cli_prune import add_prune_from_args, add_prune_parser
+from sigprop.cli_spectrum import add_parser as add_spectrum_parser
 from sigprop.errors import NumericalError
 from sigprop.theory.activations import SPARSE_FAMILIES, get_activation, parse_params
 
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
     add_prune_from_args(t)
     add_prune_parser(sub)
+    add_spectrum_parser(sub)
 
     d = sub.add_parser("demo", help="run the demo job (EOC points and map plots of a few activations)")
     d.add_argument("--out", default="demo", help="output directory (default: demo)")
