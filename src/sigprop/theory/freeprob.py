@@ -35,7 +35,8 @@ point walks a segment to its target: the step is the full remaining distance fir
 from the last Kantorovich number (at least halved after a failed test, never shrunk after a
 passed one); after an accepted step Newton runs two iterations (the next test holds at any
 ``m``) and to machine precision at the target. The ``x`` grid is chained (see :func:`lilypads`):
-one vertical descent, then walks from solved neighbours, level by level, all vectorized.
+one sequential chain of anchors down a ray below the diagonal (scalar arithmetic for rational
+laws), then walks from the nearest anchor and vertical descents, vectorized over the points.
 
 Certificates on every returned point: ``Im M(z) <= 0`` and ``Im G(z) <= 0`` (a Stieltjes transform
 of a probability measure maps C+ to C-), ``z m -> 1`` at the starting height (``G ~ 1/z``),
@@ -45,6 +46,7 @@ a small residual of (*), and for quadrature laws agreement between the compresse
 
 from __future__ import annotations
 
+import cmath
 import math
 from dataclasses import dataclass
 
@@ -58,10 +60,15 @@ from .gaussian import _panel_rule, expect, normal_mass
 __all__ = ["D2Law", "MasterEquation", "d2_law", "lilypads", "real_axis_edge"]
 
 _EPS = np.finfo(float).eps
+_NAN = complex(math.nan, math.nan)
 #: Kantorovich threshold (theory: 1/2; a margin for rounding)
 H_MAX = 0.4
 #: Nodes of the compressed Gauss rule of a quadrature D^2 law.
 N_GAUSS = 48
+#: Slope of the ray of anchors ``w = t (1 + i CONE_SLOPE)`` and of the cone points of :func:`lilypads`.
+CONE_SLOPE = 0.1
+#: A walk finishes its last (at most this many) points in scalar arithmetic (rational laws).
+SCALAR_TAIL = 16
 #: Points on the circle where |F''| is sampled for numeric factors (max-modulus estimate).
 N_CIRCLE = 8
 
@@ -238,20 +245,26 @@ def _solve_g(a, v, u, g0, iters: int = 60, strict: bool = True):
     ``u, g0 (..., 1)`` broadcastable. Raises NumericalError if it does not converge
     (``strict=False``: those entries are NaN instead)."""
     g = np.array(np.broadcast_to(np.asarray(g0, complex), np.broadcast_shapes(np.shape(g0), np.shape(u))))
+    done = np.zeros(g.shape, bool)
+    prev = np.full(g.shape, np.inf)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for _ in range(iters):
             # Newton on 1/S(g) - 1 with S = sum a/(g - u v): exactly linear for a one-point law
             # and close to linear in general (S ~ 1/(g - u <v>)), so far better behaved than S - 1
-            e = g - u * v
-            r = a / e
+            inv = 1.0 / (g - u * v)
+            r = a * inv
             S = np.sum(r, axis=-1, keepdims=True)
-            step = (S - S * S) / np.sum(r / e, axis=-1, keepdims=True)
+            step = np.where(done, 0.0, (S - S * S) / np.sum(r * inv, axis=-1, keepdims=True))
             g = g - step
             rel = np.abs(step) / np.abs(g)
-            if np.all(rel <= 8 * _EPS):
+            # converged: at machine precision, or stagnating at the rounding level (no longer
+            # shrinking quadratically; e.g. a fine rule of 500 nodes sums to ~1e-15)
+            done |= (rel <= 8 * _EPS) | ((rel <= 1e-12) & (rel >= 0.5 * prev)) | ~np.isfinite(g)
+            prev = rel
+            if np.all(done):
                 break
         else:
-            bad = ~(rel <= 1e-10)
+            bad = ~(done | (rel <= 1e-10))
             if np.any(bad):
                 if strict:
                     raise NumericalError("inverting the M-transform of a D^2 law did not converge")
@@ -303,6 +316,15 @@ class MasterEquation:
     @property
     def rational(self) -> bool:
         return not self.numeric
+
+    @property
+    def scalar(self) -> _Scalar | None:
+        """The scalar twin (rational equations only, else None)."""
+        if not self.rational:
+            return None
+        if getattr(self, "_scalar", None) is None:
+            self._scalar = _Scalar(self)
+        return self._scalar
 
     def with_numeric(self, numeric) -> MasterEquation:
         lin = [(c, d, int(e)) for c, d, e in zip(self.c, self.d, self.e, strict=True)]
@@ -397,30 +419,42 @@ def _newton(eq: MasterEquation, z, m, g, iters: int | None = 80):
         return m, A, Ap, App, g
     iters = 80 if iters is None else iters
     m = np.array(m, complex)
+    z = np.broadcast_to(np.asarray(z, complex), m.shape)
+    g = None if g is None else np.array(g, complex)
     prev = np.full(m.shape, np.inf)
-    done = np.zeros(m.shape, bool)
+    act = np.flatnonzero(np.ones(m.shape, bool))  # iterate on the points not yet converged only
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for _ in range(iters):
-            A, Ap, _, g = eq.F_parts(m, g)
-            step = np.where(done, 0.0, (z * m - A) / (z - Ap))
-            m = m - step
-            if eq.strict and not np.all(np.isfinite(m)):
+            full = act.size == m.size  # (no fancy-indexing copies until a point converges)
+            mi = m.ravel() if full else m.flat[act]
+            zi = z.ravel() if full else z.flat[act]
+            gsel = None if g is None else (g.reshape(-1, g.shape[-1]) if full else g.reshape(-1, g.shape[-1])[act])
+            A, Ap, _, gi = eq.F_parts(mi, gsel)
+            step = (zi * mi - A) / (zi - Ap)
+            mi = mi - step
+            if eq.strict and not np.all(np.isfinite(mi)):
                 raise NumericalError("Newton iteration on the master equation produced a non-finite value")
             size = np.abs(step)
-            scale = np.abs(m) + 1e-300
+            scale = np.abs(mi) + 1e-300
             # converged: at machine precision, or stagnating at the rounding level of an
             # ill-conditioned point (deep nets: F is a high-degree polynomial)
-            done |= (size <= 16 * _EPS * scale) | ((size <= 1e-7 * scale) & (size >= 0.5 * prev)) | ~np.isfinite(m)
-            prev = np.where(done, prev, size)
-            if np.all(done):
-                step = np.zeros_like(step)
-                break
+            p_act = prev.flat[act]
+            done = (size <= 16 * _EPS * scale) | ((size <= 1e-7 * scale) & (size >= 0.5 * p_act)) | ~np.isfinite(mi)
+            m.flat[act] = mi
+            if g is not None:
+                g.reshape(-1, g.shape[-1])[act] = gi
+            prev.flat[act] = size
+            if done.any():
+                act = act[~done]
+                step = step[~done]
+                if act.size == 0:
+                    break
         else:
-            bad = ~(np.abs(step) <= 1e-7 * (np.abs(m) + 1e-300))
+            bad = ~(np.abs(step) <= 1e-7 * (np.abs(m.flat[act]) + 1e-300))
             if np.any(bad):
                 if eq.strict:
                     raise NumericalError("Newton iteration on the master equation did not converge")
-                m = np.where(bad, np.nan, m)
+                m.flat[act[bad]] = np.nan
         A, Ap, App, g = eq.F_parts(m, g)
     return m, A, Ap, App, g
 
@@ -470,10 +504,22 @@ def _walk(eq: MasterEquation, z: np.ndarray, state: list, max_tests: int):
     tests = np.zeros(P, int)
     trial = np.abs(z - zc)
     active = trial > 0
+    sc = eq.scalar
     while True:
         active &= tests < max_tests
         idx = np.flatnonzero(active)
         if idx.size == 0:
+            break
+        if sc is not None and idx.size <= SCALAR_TAIL:
+            # the last few points (rational laws): scalar walks, then one vectorized Newton
+            for i in idx:
+                zc_i, m_i, s_i, t_i = _chain_scalar(
+                    sc, complex(zc[i]), complex(m[i]), complex(z[i]), int(max_tests - tests[i]), float(trial[i])
+                )
+                zc[i], m[i] = zc_i, m_i
+                steps[i] += s_i
+                tests[i] += t_i
+            m[idx], A[idx], Ap[idx], App[idx], _ = _newton(eq, zc[idx], m[idx], None)
             break
         rem = z[idx] - zc[idx]
         dist = np.abs(rem)
@@ -506,6 +552,152 @@ def _walk(eq: MasterEquation, z: np.ndarray, state: list, max_tests: int):
     return [zc, m, A, Ap, App, g], zc == z, steps, tests
 
 
+class _Scalar:
+    """Scalar (Python ``complex``) twin of a *rational* :class:`MasterEquation`: ``F_parts`` and the
+    rigorous majorant ``kantorovich_K`` with the same formulas, for the long sequential anchor chain
+    of :func:`lilypads`, where NumPy's per-call overhead on one-element arrays dominates."""
+
+    def __init__(self, eq: MasterEquation):
+        self.fac = [(float(c), float(d), int(e)) for c, d, e in zip(eq.c, eq.d, eq.e, strict=True)]
+        self.scale = eq.scale
+
+    def parts(self, m: complex):
+        T = self.scale
+        l1 = 0.0
+        l2 = 0.0
+        try:
+            for c, d, e in self.fac:
+                b = c + d * m
+                T *= b**e
+                r = d / b
+                l1 += e * r
+                l2 -= e * r * r
+        except (ZeroDivisionError, OverflowError):
+            return _NAN, _NAN, _NAN
+        Tp = T * l1
+        Tpp = T * (l1 * l1 + l2)
+        return (1.0 + m) * T, T + (1.0 + m) * Tp, 2.0 * Tp + (1.0 + m) * Tpp
+
+    def K(self, m: complex, r: float) -> float:
+        L1 = 0.0
+        L2 = 0.0
+        logP = 0.0
+        for c, d, e in self.fac:
+            b = abs(c + d * m)
+            ad = abs(d)
+            ae = abs(e)
+            den = b + ad * r if e > 0 else b - ad * r
+            if not den > 0:  # a pole of T within the ball (or a degenerate ball): no bound
+                return math.inf
+            if e > 0:
+                L2 -= ae * ad * ad / (den * den)
+                logP += ae * math.log(den)
+            else:
+                L2 += ae * ad * ad / (den * den)
+                logP -= ae * math.log(den)
+            L1 += ae * ad / den
+        b1 = abs(1.0 + m) + r
+        L1 += 1.0 / b1
+        L2 -= 1.0 / (b1 * b1)
+        if logP > 700.0:
+            return math.inf
+        K = abs(self.scale) * math.exp(logP) * b1 * (L1 * L1 + L2)
+        return K if math.isfinite(K) else math.inf
+
+    def h(self, z: complex, m: complex, A: complex, Ap: complex) -> float:
+        """Kantorovich number of ``F_z`` at ``m`` (as :func:`_basin`)."""
+        fp = abs(z - Ap)
+        if not fp > 0:
+            return math.inf
+        eta = abs(z * m - A) / fp
+        h = self.K(m, 2.0 * eta) * eta / fp
+        return h if math.isfinite(h) else math.inf
+
+    def newton(self, z: complex, m: complex, iters: int):
+        for _ in range(iters):
+            A, Ap, _ = self.parts(m)
+            den = z - Ap
+            if not (den != 0 and cmath.isfinite(den)):
+                return _NAN
+            m = m - (z * m - A) / den
+        return m
+
+
+def _chain_scalar(
+    sc: _Scalar,
+    zc: complex,
+    m: complex,
+    z_to: complex,
+    max_tests: int,
+    trial: float | None = None,
+    anchors: list | None = None,
+):
+    """One sequential walk of Algorithm 1 from ``(zc, m)`` (a solved point) to ``z_to``, with the
+    step control of :func:`_walk`, in scalar arithmetic. Returns ``(zc, m, steps, tests)``:
+    ``zc == z_to`` unless more than ``max_tests`` tests were needed or the step fell to rounding
+    level; ``m`` there after two Newton iterations. Every accepted ``(zc, m)`` is appended to
+    ``anchors`` when given."""
+    A, Ap, _ = sc.parts(m)
+    if trial is None:
+        trial = abs(z_to - zc)
+    steps = tests = 0
+    while zc != z_to and tests < max_tests:
+        rem = z_to - zc
+        dist = abs(rem)
+        length = min(trial, dist)
+        cand = z_to if length >= dist else zc + rem * (length / dist)
+        h = sc.h(cand, m, A, Ap)
+        tests += 1
+        factor = min(max(0.5 * H_MAX / max(h, 1e-300), 0.1), 4.0)
+        if h <= H_MAX:
+            m_new = sc.newton(cand, m, 2)
+            A_new, Ap_new, _ = sc.parts(m_new)
+            if not (cmath.isfinite(A_new) and cmath.isfinite(Ap_new)):
+                break
+            zc, m, A, Ap = cand, m_new, A_new, Ap_new
+            trial = length * max(factor, 1.0)
+            steps += 1
+            if anchors is not None:
+                anchors.append((zc, m, None))
+        else:
+            trial = length * min(factor, 0.5)
+            if trial < 1e-15 * abs(zc):
+                break
+    return zc, m, steps, tests
+
+
+def _chain_vec(eq: MasterEquation, z_to: complex, state: list, max_tests: int):
+    """:func:`_chain_scalar` for any master equation (NumPy on one-element arrays); the anchors
+    carry the numeric factors ``g``."""
+    zc, m, A, Ap, App, g = (None if s_ is None else s_.copy() for s_ in state)
+    anchors = []
+    trial = abs(z_to - zc[0])
+    tests = 0
+    while zc[0] != z_to and tests < max_tests:
+        rem = z_to - zc[0]
+        dist = abs(rem)
+        length = min(trial, dist)
+        cand = np.array([z_to if length >= dist else zc[0] + rem * (length / dist)])
+        h = float(_basin(eq, cand, m, A, Ap, App, g)[0])
+        tests += 1
+        factor = min(max(0.5 * H_MAX / max(h, 1e-300), 0.1), 4.0)
+        if h <= H_MAX:
+            try:
+                m2, A2, Ap2, App2, g2 = _newton(eq, cand, m, g, iters=2)
+            except NumericalError:
+                break
+            if not (np.all(np.isfinite(m2)) and np.all(np.isfinite(A2)) and np.all(np.isfinite(Ap2))):
+                break
+            zc, m, A, Ap, App, g = cand, m2, A2, Ap2, App2, g2
+            trial = length * max(factor, 1.0)
+            anchors.append((complex(zc[0]), complex(m[0]), None if g is None else g[0].copy()))
+        else:
+            trial = length * min(factor, 0.5)
+            if trial < 1e-15 * abs(zc[0]):
+                break
+    return anchors, tests
+
+
 def _take(state, idx):
     return [None if s is None else s[idx].copy() for s in state]
 
@@ -525,14 +717,20 @@ def lilypads(
     ``|z| >= 4 x_+`` where ``|z M(z) - 1| <= sum_k (x_+/|z|)^k <= 1/3`` (``m_k <= x_+^{k-1}``), which
     certifies the branch of the starting point.
 
-    ``chain=True`` chains along the grid (seed 003 Algorithm 1 with a proxy), on the cone
-    ``w = x (1 + i)`` where basins have radius ~``|w|``: the point with the largest ``x`` is reached
-    by doubling + vertical descent; then, level by level (strides P/2, P/4, ..., 1 in the ranking
-    by ``x``), every new cone point takes its nearest solved neighbour as proxy ``(z_0, m_0)`` and
-    walks the segment between them (a walk that fails, more than ``max_tests`` basin tests, falls
-    back to doubling + vertical descent); last, every point descends vertically from its cone
-    point to its target. Each level runs vectorized over its points, so the serial depth is
-    ~log(x_max/x_min) short steps instead of ~log(x_+/x_min) per descent from ``4 x_+``.
+    ``chain=True`` (seed 003 Algorithm 1 with proxies): the points below the diagonal
+    (``0 < Im z < Re z``, the grids of a density) get *cone points* ``w = x + i max(s x, y)`` with
+    ``s = CONE_SLOPE``. One sequential chain (doubling at the largest ``|w|``, a vertical walk to
+    the ray ``t (1 + i s)``, then down that ray to the smallest ``|w|``) keeps every accepted step
+    as an *anchor* ``(w_k, M(w_k))``; along the ray the basins have radius ~``|w|`` (the nearest
+    singularity of ``M`` is 0 or ``x_+``), so the chain costs ~log(x_max/x_min) steps. For rational
+    laws the chain runs in scalar Python arithmetic (:class:`_Scalar`: the same formulas and the
+    same rigorous majorant, without NumPy's per-call overhead). Then every cone point walks from its
+    nearest anchor (in ``log|w|``; a walk that needs more than ``max_tests`` tests falls back to
+    doubling + vertical descent), and every point descends vertically to its target, both
+    vectorized over the points; the last few points of a vectorized walk (at most
+    ``SCALAR_TAIL``) finish in scalar arithmetic (rational laws). The other points (left of the
+    support, or ``Im z >= Re z``), and all points with ``chain=False``, descend vertically from a
+    doubling start. Every step, whatever the route, passes the Kantorovich test.
 
     Returns ``(m, info)`` with ``info = {"steps": accepted steps per point, "tests": basin tests
     per point, "g": numeric factors}``. Raises NumericalError when a point cannot be certified.
@@ -557,55 +755,64 @@ def lilypads(
         tests[idx] += t
         solved[idx] = True
 
-    if not chain or P < 4:
+    # points below the diagonal (Im z < Re z) go through the anchors; the others (far from the
+    # support, or left of it) descend vertically from a doubling start
+    is_near = (z.imag < z.real) if chain else np.zeros(P, bool)
+    near = np.flatnonzero(is_near)
+    if near.size < 4:
         vertical(np.arange(P))
     else:
-        # chain along the grid on the cone z = x (1 + i) (basins there have radius ~|z|, far from
-        # the singularities on the real axis): rank the points by x; the largest x is the root (a
-        # short vertical descent); then, with strides P/2, P/4, ..., 1, every new point walks from
-        # its nearest solved neighbour (in rank) along the cone; finally every point descends
-        # vertically from its cone point to its target, all in parallel
-        cone = z.real + 1j * np.maximum(np.abs(z.real), z.imag)
-        order = np.argsort(z.real, kind="stable")
-        done_rank = np.zeros(P, bool)
-        top = order[[P - 1]]
-        st = _start(eq, cone[top], edge)
-        st, reached, s_, t_ = _walk(eq, cone[top], st, max_tests=50 * max_tests)
+        if near.size < P:
+            vertical(np.flatnonzero(~is_near))
+        zn = z[near]
+        ray = 1.0 + 1j * CONE_SLOPE
+        cone = zn.real + 1j * np.maximum(CONE_SLOPE * zn.real, zn.imag)
+        t_cone = np.abs(cone) / abs(ray)
+        t_hi, t_lo = float(t_cone.max()), float(t_cone.min())
+        w_top = np.array([t_hi * ray])
+        st = _start(eq, w_top, edge)
+        w_lo = t_lo * ray
+        anchors: list = []
+        if eq.rational:
+            sc = eq.scalar
+            zc, m_c = complex(st[0][0]), complex(st[1][0])
+            anchors.append((zc, m_c, None))
+            for target in (complex(w_top[0]), w_lo):
+                zc, m_c, _, _ = _chain_scalar(sc, zc, m_c, target, 50 * max_tests, anchors=anchors)
+        else:
+            st, reached, _, _ = _walk(eq, w_top, st, max_tests=50 * max_tests)
+            if not reached.all():
+                raise NumericalError("Newton lilypads stalled: the basin radius shrank to rounding level")
+            anchors.append((complex(st[0][0]), complex(st[1][0]), st[5][0].copy()))
+            anchors += _chain_vec(eq, w_lo, st, max_tests=50 * max_tests)[0]
+        az = np.array([a[0] for a in anchors])
+        am = np.array([a[1] for a in anchors])
+        ag = None if eq.rational else np.array([a[2] for a in anchors])
+        aA, aAp, aApp, ag = eq.F_parts(am, ag)
+        # nearest anchor in log|w| (anchors run down the ray: |w| decreasing)
+        la = -np.log(np.abs(az))
+        lc = -np.log(np.abs(cone))
+        pos = np.clip(np.searchsorted(la, lc), 1, la.size - 1) if la.size > 1 else np.zeros(near.size, int)
+        if la.size > 1:
+            pos = np.where(np.abs(la[pos - 1] - lc) <= np.abs(la[pos] - lc), pos - 1, pos)
+        anchor_state = [az, am, aA, aAp, aApp, ag]
+        st, reached, s_, t_ = _walk(eq, cone, _take(anchor_state, pos), max_tests=max_tests)
+        steps[near] += s_
+        tests[near] += t_
+        if not reached.all():  # fall back: doubling + vertical descent to the cone point
+            bad = np.flatnonzero(~reached)
+            st2 = _start(eq, cone[bad], edge)
+            st2, ok2, _, _ = _walk(eq, cone[bad], st2, max_tests=50 * max_tests)
+            if not ok2.all():
+                raise NumericalError("Newton lilypads stalled: the basin radius shrank to rounding level")
+            _put(st, bad, st2)
+        st, reached, s_, t_ = _walk(eq, zn, st, max_tests=50 * max_tests)
+        steps[near] += s_
+        tests[near] += t_
         if not reached.all():
             raise NumericalError("Newton lilypads stalled: the basin radius shrank to rounding level")
-        _put(state, top, st)
-        done_rank[P - 1] = True
-        stride = 1 << (P - 1).bit_length()
-        while stride >= 1:
-            ranks = np.arange(P - 1, -1, -stride)
-            ranks = ranks[~done_rank[ranks]]
-            if ranks.size:
-                solved_ranks = np.flatnonzero(done_rank)
-                pos = np.clip(np.searchsorted(solved_ranks, ranks), 1, solved_ranks.size) - 1
-                lo = solved_ranks[pos]
-                hi = solved_ranks[np.minimum(pos + 1, solved_ranks.size - 1)]
-                parent = np.where(np.abs(hi - ranks) < np.abs(ranks - lo), hi, lo)
-                idx, src = order[ranks], order[parent]
-                st, reached, s_, t_ = _walk(eq, cone[idx], _take(state, src), max_tests=max_tests)
-                _put(state, idx[reached], _take(st, np.flatnonzero(reached)))
-                steps[idx] += s_
-                tests[idx] += t_
-                if not reached.all():  # fall back: doubling + vertical descent to the cone point
-                    bad = idx[~reached]
-                    st2 = _start(eq, cone[bad], edge)
-                    st2, ok2, _, _ = _walk(eq, cone[bad], st2, max_tests=50 * max_tests)
-                    if not ok2.all():
-                        raise NumericalError("Newton lilypads stalled: the basin radius shrank to rounding level")
-                    _put(state, bad, st2)
-                done_rank[ranks] = True
-            stride //= 2
-        st, reached, s_, t_ = _walk(eq, z, state, max_tests=50 * max_tests)
-        steps += s_
-        tests += t_
-        if not reached.all():
-            raise NumericalError("Newton lilypads stalled: the basin radius shrank to rounding level")
-        state[:] = st
-        solved[:] = True
+        _put(state, near, st)
+        solved[near] = True
     rest = np.flatnonzero(~solved)
     if rest.size:
         vertical(rest)
