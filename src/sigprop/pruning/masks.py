@@ -18,12 +18,21 @@ import math
 import sys
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
-from .scores import Params, _abs_state_, _linearized_copy, _params_in_copy, _synflow_pass, named_prunable
+from .scores import (
+    Params,
+    _abs_state_,
+    _linearized_copy,
+    _params_in_copy,
+    _synflow_grads,
+    _synflow_leaves,
+    named_prunable,
+)
 
 __all__ = [
     "apply_masks",
@@ -213,6 +222,209 @@ def collapsed_layers(model: nn.Module, params: Params | None = None) -> list[str
     return [name for name, f in _layer_fractions(model, params) if f == 0.0]
 
 
+#: run SynFlow's per-round selection on numpy views when on the CPU (tests switch it off to
+#: exercise the torch path used on other devices)
+_NUMPY_ON_CPU = True
+#: size of SynFlow's fixed random sample for the per-round bracket of the threshold
+_SYNFLOW_SAMPLE = 1 << 13
+#: chunk of SynFlow's fused per-round sweep on the CPU (its operands stay in the L2 cache)
+_SWEEP_CHUNK = 1 << 15
+
+
+class _SynflowState:
+    """SynFlow's prunable leaves in one flat float64 buffer ``w`` (each leaf a view into it when
+    contiguous, so that the net computes with it) and the flat alive mask.
+
+    On the CPU the per-round work runs on numpy views of them (numpy's comparisons, selection and
+    ``flatnonzero`` are several times faster than torch's on one thread); elsewhere on torch.
+    """
+
+    def __init__(self, leaves: list[torch.Tensor]):
+        self.sizes = [p.numel() for p in leaves]
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(leaves))]
+        self.n = sum(self.sizes)
+        dev = leaves[0].device
+        self.cpu = dev.type == "cpu" and _NUMPY_ON_CPU
+        self.w = torch.empty(self.n, dtype=torch.float64, device=dev)
+        self.alive = torch.ones(self.n, dtype=torch.bool, device=dev)
+        self.w_views, self.copied = [], []
+        with torch.no_grad():
+            for p, start in zip(leaves, self.offsets, strict=True):
+                w = self.w[start : start + p.numel()].view(p.shape)
+                w.copy_(p.detach())
+                if p.is_contiguous() and p.dtype == torch.float64:
+                    p.data = w  # the net computes with the flat buffer itself
+                else:
+                    self.copied.append((p, w))
+                self.w_views.append(w)
+        alive = self.alive.numpy() if self.cpu else self.alive
+        self.alive_views = [alive[a : a + n] for a, n in zip(self.offsets, self.sizes, strict=True)]
+        if self.cpu:
+            self.w_np = self.w.numpy()
+            self.scratch = np.empty(max(self.sizes), dtype=bool)
+
+    def scores(self, grads) -> list:
+        """Flat per-leaf score buffers, the gradient buffers themselves where possible: ``|w g|``
+        off the CPU; on the CPU still the raw ``g`` (numpy), made ``w g`` in place by
+        :meth:`score_leaf` or by the fused sweep of :func:`_lowest_alive_np` (``|w g|`` is taken
+        where needed)."""
+        out, spans = [], []
+        for g, w in zip(grads, self.w_views, strict=True):
+            if g is None:
+                sc = torch.zeros_like(w)
+            else:
+                lo = g.data_ptr()
+                span = (lo, lo + g.numel() * g.element_size())
+                own = g.is_contiguous() and g.shape == w.shape and all(b <= span[0] or span[1] <= a for a, b in spans)
+                spans.append(span)
+                if self.cpu:
+                    sc = g if own else g.clone(memory_format=torch.contiguous_format)
+                else:
+                    sc = g.mul_(w) if own else g * w  # (in a gradient buffer no other one overlaps)
+            sc = sc.reshape(-1)
+            out.append(sc.numpy() if self.cpu else sc.abs_())
+        self.pending = [self.cpu] * len(out)
+        return out
+
+    def score_leaf(self, i: int, sc) -> None:
+        """On the CPU: make leaf ``i``'s raw gradient ``sc`` its signed score ``w g`` (once)."""
+        if self.pending[i]:
+            np.multiply(sc, self.w_np[self.offsets[i] : self.offsets[i] + self.sizes[i]], out=sc)
+            self.pending[i] = False
+
+    def prune(self, pos) -> None:
+        """Prune the flat positions ``pos``: zero their weights, mark them dead."""
+        if len(pos) == 0:
+            return
+        if self.cpu:
+            self.w_np[pos] = 0.0
+            self.alive.numpy()[pos] = False
+        else:
+            self.w[pos] = 0.0
+            self.alive[pos] = False
+        with torch.no_grad():
+            for p, w in self.copied:
+                p.copy_(w)
+
+    def has_nan(self, i: int, sc) -> bool:
+        """Whether an alive entry of leaf ``i`` has a NaN score."""
+        a = self.alive_views[i]
+        if self.cpu:
+            self.score_leaf(i, sc)
+            return bool(np.isnan(sc[a]).any())
+        return bool(torch.isnan(sc[a]).any())
+
+
+def _sample_positions(sizes: list[int]) -> list[torch.Tensor]:
+    """A fixed random sample of ``_SYNFLOW_SAMPLE`` positions of the concatenation of tensors of
+    ``sizes``, as sorted local positions in each."""
+    n = sum(sizes)
+    gen = torch.Generator().manual_seed(n)
+    pos = torch.sort(torch.randint(n, (_SYNFLOW_SAMPLE,), generator=gen)).values
+    out, start = [], 0
+    for size in sizes:
+        lo, hi = torch.searchsorted(pos, torch.tensor([start, start + size])).tolist()
+        out.append(pos[lo:hi] - start)
+        start += size
+    return out
+
+
+def _bracket_rank(ms: int, m: int, n_alive: int) -> int:
+    """Sample rank above the m-th lowest of ``n_alive``: +5 binomial standard deviations."""
+    p = m / n_alive
+    return int(p * ms + 5.0 * math.sqrt(ms * p * (1.0 - p)) + 2.0)
+
+
+def _lowest_np(vals: np.ndarray, m: int) -> np.ndarray:
+    """Indices of the ``m`` smallest of ``vals`` (no NaN), ties: the later index first."""
+    v = np.partition(vals, m - 1)[m - 1]
+    below = np.flatnonzero(vals < v)
+    ties = np.flatnonzero(vals == v)
+    return np.concatenate([below, ties[len(ties) - (m - len(below)) :]])
+
+
+def _lowest_alive_np(st: _SynflowState, layers: list[int], scores: list, n_alive: int, m: int, sample):
+    """CPU version of :func:`_lowest_alive` on numpy views; ``scores`` are raw gradients (see
+    :meth:`_SynflowState.scores`). One sweep over each leaf, chunk by chunk, makes the scores and
+    finds the candidates."""
+    cand = None
+    if sample is not None and n_alive >= _BRACKET_MIN:
+        parts, signed = [], []
+        for i in layers:
+            smp = sample[i]
+            w = st.w_np[st.offsets[i] : st.offsets[i] + st.sizes[i]]
+            g = scores[i]
+            v = (g[smp] * w[smp]) if st.pending[i] else g[smp]
+            v = v[st.alive_views[i][smp]]
+            signed.append(bool((v < 0).any()))  # negative gradients seen: take |w g| of the leaf
+            parts.append(np.abs(v))
+        vals = np.concatenate(parts)
+        r = _bracket_rank(len(vals), m, n_alive)
+        if len(vals) >= 256 and r < len(vals):
+            hi = np.partition(vals, r)[r]
+            cand = []
+            for i, neg in zip(layers, signed, strict=True):
+                # alive and not (score > hi): the entries <= hi, the NaN ones and (for a leaf
+                # left signed) the negative ones; a superset of the alive entries <= hi
+                g, alive, size = scores[i], st.alive_views[i], st.sizes[i]
+                w = st.w_np[st.offsets[i] : st.offsets[i] + size]
+                buf, pending = st.scratch[:size], st.pending[i]
+                for c0 in range(0, size, _SWEEP_CHUNK):
+                    c1 = min(c0 + _SWEEP_CHUNK, size)
+                    gc, bc = g[c0:c1], buf[c0:c1]
+                    if pending:
+                        np.multiply(gc, w[c0:c1], out=gc)
+                    if neg:
+                        np.abs(gc, out=gc)
+                    np.greater(gc, hi, out=bc)
+                    np.greater(alive[c0:c1], bc, out=bc)
+                st.pending[i] = False
+                cand.append(np.flatnonzero(buf))
+            if sum(len(c) for c in cand) < m:
+                cand = None
+    if cand is None:
+        for i in layers:
+            st.score_leaf(i, scores[i])
+        cand = [np.flatnonzero(st.alive_views[i]) for i in layers]
+    vals = np.abs(np.concatenate([scores[i][c] for i, c in zip(layers, cand, strict=True)]))
+    if np.isnan(vals).any():
+        raise ValueError("scores contain NaN")
+    pos = np.concatenate([c + st.offsets[i] for i, c in zip(layers, cand, strict=True)])
+    return pos[_lowest_np(vals, m)]
+
+
+def _lowest_alive(st: _SynflowState, layers: list[int], scores: list, n_alive: int, m: int, sample):
+    """Flat positions of the ``m`` lowest-scored alive entries of the leaves ``layers`` (ranked
+    together), ties: the later position goes first; raises ValueError if an alive score is NaN.
+
+    These are the entries that :func:`make_masks` drops from ``where(alive, |w g|, -inf)`` when
+    it keeps ``n_alive - m``. Large inputs: the alive entries of a fixed random sample bracket the
+    m-th lowest alive score from above (``hi``, +5 binomial standard deviations of its sample
+    rank); the alive entries not above ``hi`` (NaN included) are the candidates and the exact
+    selection runs on those only. Too few candidates fall back to all alive entries, so the
+    result never depends on the sample.
+    """
+    if st.cpu:
+        return _lowest_alive_np(st, layers, scores, n_alive, m, sample)
+    cand = None
+    if sample is not None and n_alive >= _BRACKET_MIN:
+        vals = torch.cat([scores[i][sample[i]][st.alive_views[i][sample[i]]] for i in layers])
+        r = _bracket_rank(vals.numel(), m, n_alive)
+        if vals.numel() >= 256 and r < vals.numel():
+            hi = torch.kthvalue(vals.cpu(), r + 1).values.item()
+            cand = [torch.nonzero(st.alive_views[i] & ~(scores[i] > hi)).reshape(-1) for i in layers]
+            if sum(c.numel() for c in cand) < m:
+                cand = None
+    if cand is None:
+        cand = [torch.nonzero(st.alive_views[i]).reshape(-1) for i in layers]
+    vals = torch.cat([scores[i][c] for i, c in zip(layers, cand, strict=True)]).cpu()
+    if torch.isnan(vals).any():
+        raise ValueError("scores contain NaN")
+    pos = torch.cat([c + st.offsets[i] for i, c in zip(layers, cand, strict=True)])
+    keep = _keep_top_exact(vals, vals.numel() - m).to(pos.device)
+    return pos[~keep]
+
+
 def synflow_masks(
     model: nn.Module,
     in_shape: Sequence[int],
@@ -229,28 +441,58 @@ def synflow_masks(
     ``s_k = 1 - (1 - s)^(k / rounds)`` (exponential schedule); pruned entries stay pruned. The
     final mask keeps exactly ``round((1 - s) n)`` entries. The model is never touched.
     ``progress`` shows a tqdm bar over the rounds (on stderr).
+
+    The masks are those of :func:`make_masks` applied each round to the scores with the pruned
+    entries at ``-inf`` (ties by position). Since the kept count never grows, a round only
+    removes the lowest-scored alive entries: the prunable weights of the copy live in one flat
+    buffer, and a round is its forward + backward pass, ``|w g|`` computed in the gradient buffers
+    and the exact selection among the alive entries near the threshold (see
+    :func:`_lowest_alive`); no sort, no per-round copies of the weights. A round that removes
+    nothing is skipped (the last round always runs, so NaN scores are always reported).
     """
     s = _check_sparsity(sparsity)
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; choose 'global' or 'layerwise'")
     in_shape = tuple(int(d) for d in in_shape)
     named = named_prunable(model, params)
     net = _linearized_copy(model)
     _abs_state_(net)
     named_copy = named_prunable(net, _params_in_copy(model, net, named))
-    originals = {}
-    with torch.no_grad():
-        for name, m, t in named_copy:
-            originals[name] = getattr(m, t + "_orig", getattr(m, t)).detach().clone()
-    masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in originals.items()}
+    if not named_copy:
+        raise ValueError("no prunable tensor to score")
+    leaves = _synflow_leaves(net, named_copy)
+    st = _SynflowState(leaves)
+    # the leaves ranked together: all (global) or each alone (layerwise)
+    segs = [list(range(len(leaves)))] if scope == "global" else [[i] for i in range(len(leaves))]
+    n_alive = [sum(st.sizes[i] for i in seg) for seg in segs]
+    samples = []
+    for seg, size in zip(segs, n_alive, strict=True):
+        smp = [None] * len(leaves)
+        if size >= _BRACKET_MIN:
+            for i, pos in zip(seg, _sample_positions([st.sizes[i] for i in seg]), strict=True):
+                smp[i] = pos.numpy() if st.cpu else pos.to(st.w.device)
+        samples.append(smp if size >= _BRACKET_MIN else None)
     for k in tqdm(range(1, rounds + 1), desc="synflow", disable=not progress, file=sys.stderr):
-        with torch.no_grad():
-            for name, m, t in named_copy:
-                leaf = getattr(m, t + "_orig", None)
-                leaf = leaf if isinstance(leaf, nn.Parameter) else getattr(m, t)
-                leaf.copy_(originals[name] * masks[name])
-        scores = _synflow_pass(net, named_copy, in_shape)
-        scores = {n: torch.where(masks[n], v, torch.full_like(v, -math.inf)) for n, v in scores.items()}
         s_k = s if k == rounds else 1.0 - (1.0 - s) ** (k / rounds)
-        masks = make_masks(scores, s_k, scope=scope)
-    return masks
+        kept = [round((1.0 - s_k) * n) for n in (sum(st.sizes[i] for i in seg) for seg in segs)]
+        if k < rounds and kept == n_alive:
+            continue
+        with torch.enable_grad():
+            grads = _synflow_grads(net, leaves, in_shape)
+        scores = st.scores(grads)
+        del grads
+        with np.errstate(all="ignore"):  # inf * 0 = NaN (overflow) is reported below, not warned
+            for j, seg in enumerate(segs):
+                m = n_alive[j] - kept[j]
+                if m > 0:
+                    st.prune(_lowest_alive(st, seg, scores, n_alive[j], m, samples[j]))
+                    n_alive[j] = kept[j]
+                elif any(st.has_nan(i, scores[i]) for i in seg):
+                    raise ValueError("scores contain NaN")
+        del scores  # free the gradient buffers before the next pass allocates its own
+    return {
+        name: mask.view(w.shape)
+        for (name, _, _), w, mask in zip(named_copy, st.w_views, st.alive.split(st.sizes), strict=True)
+    }

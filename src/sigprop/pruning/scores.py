@@ -275,15 +275,25 @@ def _linearized_copy(model: nn.Module) -> nn.Module:
     return net
 
 
-def _synflow_pass(net: nn.Module, named_copy, in_shape: tuple[int, ...]) -> dict:
+def _synflow_leaves(net: nn.Module, named_copy) -> list[nn.Parameter]:
+    """The leaves of the prunable tensors of the copy, the only parameters that require grad."""
     leaves = [_leaf(m, t) for _, m, t in named_copy]
     for p in net.parameters():
         p.requires_grad_(False)
     for p in leaves:
         p.requires_grad_(True)
+    return leaves
+
+
+def _synflow_grads(net: nn.Module, leaves, in_shape: tuple[int, ...]) -> tuple:
+    """``dR/dw`` for each leaf (None where unused), ``R`` the summed output on the all-ones input."""
     x = torch.ones((1, *in_shape), dtype=torch.float64, device=leaves[0].device)
-    r = net(x).sum()
-    gs = torch.autograd.grad(r, leaves, allow_unused=True)
+    return torch.autograd.grad(net(x).sum(), leaves, allow_unused=True)
+
+
+def _synflow_pass(net: nn.Module, named_copy, in_shape: tuple[int, ...]) -> dict:
+    leaves = _synflow_leaves(net, named_copy)
+    gs = _synflow_grads(net, leaves, in_shape)
     return {
         name: (p.detach() * (g if g is not None else torch.zeros_like(p))).abs()
         for (name, _, _), p, g in zip(named_copy, leaves, gs, strict=True)
