@@ -78,6 +78,32 @@ def test_widths_and_eoc_default_match_api(capsys):
     assert out["atom_at_zero"] >= 0.5
 
 
+def test_widths_relu_closed_form(capsys):
+    """--widths against the ReLU closed form at sigma_w2 = 2 (independent of jacobian_spectrum):
+    m1 = N_L / N_0, m2 / m1^2 = 1 + sum_l (N_0 / N_l) E[D^4] / E[D^2]^2 = 1 + 2 (100/200 + 100/50),
+    atom = 1 - min_l P(D != 0) N_l / N_0 = 1 - 25/100."""
+    rc = run(["spectrum", "--activation", "relu", "--widths", "100", "200", "50", "--points", "40", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["moments"]["m1"] == pytest.approx(0.5)
+    assert out["moments"]["m2"] == pytest.approx(0.25 * 6.0)
+    assert out["atom_at_zero"] == pytest.approx(0.75)
+
+
+def test_tanh_narrowing_last_layer_runs(capsys):
+    rc = run(["spectrum", "--activation", "tanh", "--widths", "100", "100", "50", "--points", "40", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["atom_at_zero"] == pytest.approx(0.5)
+
+
+def test_negative_cdf_at_is_zero(capsys):
+    rc = run(["spectrum", "--activation", "relu", "--depth", "2", "--width", "40", "--points", "30",
+              "--cdf-at", "-1", "--json"])  # fmt: skip
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["cdf"] == {"-1": 0.0}
+
+
 def test_orthogonal_and_params(capsys):
     rc = run(
         ["spectrum", "--activation", "relu_tau", "--param", "tau=0.3", "--depth", "2", "--width", "80",
@@ -102,13 +128,21 @@ def test_readable_summary(capsys):
     [
         (["--activation", "relu", "--widths", "10", "-5"], "positive"),
         (["--activation", "nosuch", "--depth", "2", "--width", "10"], "unknown activation"),
-        (["--activation", "relu", "--depth", "2", "--width", "10", "--quantiles", "1.5"], "outside (0, 1)"),
+        (
+            ["--activation", "relu", "--depth", "2", "--width", "10", "--quantiles", "1.5"],
+            "quantiles must lie in (0, 1)",
+        ),
+        (["--activation", "relu", "--depth", "2", "--width", "10", "--sigma-w2", "0"], "sigma_w2 must be > 0"),
+        (["--activation", "relu", "--depth", "2", "--width", "10", "--q0", "0"], "q0 must be a finite number > 0"),
+        (["--activation", "relu", "--depth", "2", "--width", "10", "--points", "3"], "points must be an int >= 8"),
+        (["--activation", "relu", "--depth", "2", "--width", "10", "--sigma-w2", "1", "--sigma-b2", "-1"], ">= 0"),
+        (["--activation", "hard_tanh", "--depth", "3", "--width", "200", "--weights", "orthogonal"], "point mass"),
+        (["--activation", "relu", "--depth", "2", "--width", "200", "--weights", "orthogonal"], "point masses"),
         (["--activation", "relu", "--depth", "2", "--width", "10", "--quantiles", "abc"], "not a number"),
         (["--activation", "relu", "--depth", "2", "--width", "10", "--sigma-b2", "0.5"], "no EOC"),
         (["--activation", "relu", "--depth", "2"], "--width"),
         (["--activation", "relu", "--depth", "0", "--width", "10"], "--depth"),
         (["--activation", "relu", "--depth", "2", "--width", "10", "--widths", "10", "10"], "not both"),
-        (["--activation", "relu", "--depth", "2", "--width", "10", "--cdf-at", "-1"], "negative"),
         (["--activation", "relu", "--depth", "400", "--width", "10", "--sigma-w2", "1e4"], ""),
     ],
 )

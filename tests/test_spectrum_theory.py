@@ -27,6 +27,7 @@ from sigprop.theory.spectrum import (
     jacobian_spectrum,
     layer_laws,
     master_equation,
+    orthogonal_atom,
     spectrum_from_laws,
     stieltjes,
 )
@@ -548,3 +549,67 @@ def test_bad_input():
         spectrum_from_laws([D2Law.hard_sine()], (10,), 1.0)
     with pytest.raises(ValueError):
         D2Law.two_point(1.0, 0.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Orthogonal weights: point masses away from 0
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "widths,act,sw",
+    [
+        ((200, 200), "relu", 2.0),
+        ((200, 100), "relu", 2.0),
+        ((200, 200, 200, 200), "hard_tanh", 1.0),
+        ((100, 100, 100), "linear", 1.5),
+    ],
+    ids=["relu1", "relu1-narrow", "hard_tanh3", "linear2"],
+)
+def test_orthogonal_atoms_away_from_zero_are_refused_and_real(widths, act, sw):
+    """The predicted point mass (x, mass) is present in a NumPy Monte Carlo (eigenvalues equal to
+    x to 1e-9), and the solver refuses the case with a message that says so."""
+    spec = NetSpec(widths=widths, activation=act, sigma_w2=sw, weights="orthogonal")
+    x, mass = orthogonal_atom(_model(spec))
+    e = mc_eigs(spec, 6, 11)
+    mass_mc = np.mean(np.abs(e - x) <= 1e-9 * x)
+    # the mass is 1 - (sum of zero counts) / N_0: Binomial fluctuations ~0.04 per sample at N = 200
+    assert abs(mass_mc - mass) < 0.04, (mass_mc, mass)
+    with pytest.raises(ValueError, match=r"point mass .* at x = .*only an atom at 0"):
+        jacobian_spectrum(spec, points=40)
+    with pytest.raises(ValueError, match="point mass"):
+        stieltjes(spec, [1.0 + 0.1j])
+
+
+def test_orthogonal_single_smooth_layer_refused():
+    spec = NetSpec.mlp(1, 100, "tanh", sigma_w2=1.0, weights="orthogonal")
+    with pytest.raises(ValueError, match="law of phi'\\^2 itself"):
+        jacobian_spectrum(spec, points=40)
+
+
+def test_orthogonal_without_atoms_matches_monte_carlo():
+    """relu depth 3 (1/2 + 1/2 + 1/2 - 2 < 0: no mass away from 0) is solved and agrees with MC."""
+    spec = NetSpec.mlp(3, 200, "relu", sigma_w2=2.0, weights="orthogonal")
+    assert orthogonal_atom(_model(spec)) is None
+    check_against_mc(spec, 6, 12, [1e-3, 0.1, 1.0, 3.0], finite_width=0.05, m2_rtol=0.15)
+
+
+def test_orthogonal_stall_is_explained(monkeypatch):
+    import sigprop.theory.spectrum as sp
+
+    def stall(*a, **k):
+        raise NumericalError("Newton lilypads stalled: the basin radius shrank to rounding level")
+
+    monkeypatch.setattr(sp, "lilypads", stall)
+    spec = NetSpec(widths=(100, 200, 80, 150), activation="relu", sigma_w2=2.0, weights="orthogonal")
+    with pytest.raises(NumericalError, match="point masses away from 0"):
+        sp.jacobian_spectrum(spec, points=40)
+    with pytest.raises(NumericalError, match=r"^Newton lilypads stalled"):
+        sp.jacobian_spectrum(NetSpec.mlp(2, 50, "relu", sigma_w2=2.0), points=40)
+
+
+def test_tanh_narrowing_last_layer_far_tail_points_are_dropped_not_fatal():
+    """tanh (100, 100, 50) at sigma_w2 = 1: far below the bulk the fine re-solve of a coarse-grid
+    point left the branch and used to abort the whole spectrum; such points are now uncertified
+    (skipped like disagreeing ones) and the result agrees with Monte Carlo."""
+    spec = NetSpec(widths=(100, 100, 50), activation="tanh", sigma_w2=1.0)
+    th = check_against_mc(spec, 10, 13, [0.01, 0.1, 0.5], finite_width=0.04, points=80, m2_rtol=0.1)
+    assert np.all(np.isfinite(th.density))

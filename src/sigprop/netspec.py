@@ -42,10 +42,19 @@ def _real(v, what: str, lo: float = 0.0, lo_open: bool = False, hi: float | None
         raise ValueError(f"{what} must be a number, got {v!r}")
     v = float(v)
     if not math.isfinite(v) or v < lo or (lo_open and v == lo) or (hi is not None and v > hi):
-        rng = f"({lo}, " if lo_open else f"[{lo}, "
-        rng += f"{hi}]" if hi is not None else "inf)"
-        raise ValueError(f"{what} must be a finite number in {rng}, got {v!r}")
+        if hi is not None:
+            rng = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        elif math.isinf(lo):
+            rng = "(any sign)"
+        else:
+            rng = f"{'>' if lo_open else '>='} {lo:g}"
+        raise ValueError(f"{what} must be a finite number {rng}, got {v:g}")
     return v
+
+
+def _name(what: str, i: int, given) -> str:
+    """``what`` when one value was given for every layer, else ``what[i]``."""
+    return what if isinstance(given, (str, Activation)) or np.ndim(given) == 0 else f"{what}[{i}]"
 
 
 @dataclass(frozen=True)
@@ -81,10 +90,17 @@ class NetSpec:
             a if isinstance(a, Activation) else get_activation(a, **self.act_params)
             for a in _per_layer(self.activation, L, "activation")
         )
-        sw = tuple(_real(v, f"sigma_w2[{i}]") for i, v in enumerate(_per_layer(self.sigma_w2, L, "sigma_w2")))
-        sb = tuple(_real(v, f"sigma_b2[{i}]") for i, v in enumerate(_per_layer(self.sigma_b2, L, "sigma_b2")))
+        sw = tuple(
+            _real(v, _name("sigma_w2", i, self.sigma_w2))
+            for i, v in enumerate(_per_layer(self.sigma_w2, L, "sigma_w2"))
+        )
+        sb = tuple(
+            _real(v, _name("sigma_b2", i, self.sigma_b2))
+            for i, v in enumerate(_per_layer(self.sigma_b2, L, "sigma_b2"))
+        )
         kept = tuple(
-            _real(v, f"kept[{i}]", 0.0, lo_open=True, hi=1.0) for i, v in enumerate(_per_layer(self.kept, L, "kept"))
+            _real(v, _name("kept", i, self.kept), 0.0, lo_open=True, hi=1.0)
+            for i, v in enumerate(_per_layer(self.kept, L, "kept"))
         )
         if self.weights not in WEIGHT_LAWS:
             raise ValueError(f"unknown weight law {self.weights!r}; allowed: {', '.join(WEIGHT_LAWS)}")

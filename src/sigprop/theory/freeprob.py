@@ -821,6 +821,17 @@ def lilypads(
     return m, {"steps": steps, "tests": tests, "g": state[5]}
 
 
+def _certified(z, m, A) -> np.ndarray:
+    """Per point: the tests of :func:`_certify` (finite, residual, Im M <= 0, Im G <= 0) pass."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        scale = np.abs(z * m) + np.abs(A) + 1e-300
+        res = np.abs(z * m - A) / scale
+        G = (1.0 + m) / z
+        tolG = 1e-11 * (np.abs(G) + 1.0 / np.abs(z))
+        tolM = 1e-11 * (np.abs(m) + 1.0)
+        return np.isfinite(m) & (res <= 1e-8) & (G.imag <= tolG) & (m.imag <= tolM)
+
+
 def _certify(eq: MasterEquation, z, m, A):
     """Never return a point on a wrong branch: residual, Im M <= 0, Im G <= 0 (to rounding)."""
     if not np.all(np.isfinite(m)):

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +61,7 @@ from .freeprob import (
     N_GAUSS,
     D2Law,
     MasterEquation,
+    _certified,
     _certify,
     _newton,
     d2_law,
@@ -76,6 +78,7 @@ __all__ = [
     "jacobian_spectrum",
     "layer_laws",
     "master_equation",
+    "orthogonal_atom",
     "spectrum_from_laws",
     "stieltjes",
 ]
@@ -105,6 +108,8 @@ def _model(spec) -> _Model:
     if spec.weights not in ("gaussian", "orthogonal", "correlated"):
         raise ValueError(f"unknown weight law {spec.weights!r}; allowed: gaussian, orthogonal, correlated")
     weights = "gaussian" if spec.weights == "correlated" else spec.weights
+    if any(s == 0.0 for s in spec.sigma_w2):
+        raise ValueError(f"sigma_w2 must be > 0 for a Jacobian spectrum (0 makes J = 0), got {list(spec.sigma_w2)}")
     return _Model(tuple(layer_laws(spec)), tuple(spec.widths), tuple(spec.effective_sigma_w2), weights)
 
 
@@ -176,14 +181,74 @@ def atom_at_zero(model: _Model) -> float:
     return max(0.0, 1.0 - min(1.0, rank))
 
 
+def orthogonal_atom(model: _Model) -> tuple[float, float] | None:
+    """``(x, mass)`` of a point mass of ``J^T J`` away from 0 that orthogonal weights produce, or
+    None when there is none (Gaussian weights, a ``D^2`` law with a continuous part, mass <= 0).
+
+    With ``W_l`` (semi-)orthogonal, ``|W_l u|^2 = sigma_w2 max(r_l, 1) |u|^2`` on a subspace of
+    codimension ``max(0, N_{l-1} - N_l)`` and ``|D_l v|^2 = a_l |v|^2`` on the ``P(D_l^2 = a_l) N_l``
+    coordinates where ``D_l^2 = a_l``. The inputs on which every layer acts as such a scaling are
+    an eigenspace of ``J^T J`` for ``x = prod_l sigma_w2 max(r_l, 1) a_l``; for subspaces in general
+    position (Haar weights) its dimension is
+    ``N_0 - sum_l (max(0, N_{l-1} - N_l) + (1 - P(D_l^2 = a_l)) N_l)`` (free projections: the
+    mass of ``P ^ Q`` is ``max(0, p + q - 1)``). The largest such mass takes the likeliest
+    non-zero ``a_l`` in every layer. Examples: one square layer (``W^T D^2 W ~ sigma_w2 D^2``), a
+    square linear net (``sigma_w2^L I``), hard_tanh nets whose layers are mostly linear."""
+    if model.weights != "orthogonal" or not all(law.exact for law in model.laws):
+        return None
+    N = model.widths
+    x, codim = 1.0, 0.0
+    for ell, (law, sw) in enumerate(zip(model.laws, model.sigma_w2, strict=True), start=1):
+        keep = (law.values > 0) & (law.probs > 0)
+        if not keep.any():
+            return None
+        j = int(np.argmax(np.where(keep, law.probs, -1.0)))
+        x *= sw * max(N[ell] / N[ell - 1], 1.0) * float(law.values[j])
+        codim += max(0, N[ell - 1] - N[ell]) + (1.0 - float(law.probs[j])) * N[ell]
+    mass = 1.0 - codim / N[0]
+    return (x, mass) if mass > 1e-12 else None
+
+
+def _check_representable(model: _Model) -> None:
+    """Orthogonal weights: refuse up front the cases whose spectrum the density solver cannot
+    represent (point masses away from 0, or one non-widening layer whose spectrum is the law of
+    ``sigma_w2 phi'^2`` itself)."""
+    if model.weights != "orthogonal":
+        return
+    hint = "use weights='gaussian' (--weights gaussian) or an empirical spectrum (--empirical)"
+    atom = orthogonal_atom(model)
+    if atom is not None:
+        raise ValueError(
+            f"J^T J has a point mass {atom[1]:.4g} at x = {atom[0]:.6g} (orthogonal weights and a phi'^2 with "
+            f"point masses: every layer acts as one scaling on a common subspace of inputs): the density "
+            f"solver represents only an atom at 0; {hint}"
+        )
+    N = model.widths
+    if len(model.laws) == 1 and N[1] <= N[0]:
+        raise ValueError(
+            "one orthogonal layer with N_1 <= N_0: J^T J = W^T D^2 W has exactly the eigenvalues "
+            f"sigma_w2 phi'(h_i)^2 (and N_0 - N_1 zeros), the law of phi'^2 itself, which the "
+            f"free-probability density solver does not handle; {hint}"
+        )
+
+
+_ORTHO_STALL = (
+    "the free-probability solver stalled for orthogonal weights ({exc}): the spectrum of J^T J likely "
+    "has point masses away from 0 (or a density too singular to resolve), which this result cannot "
+    "represent; use weights='gaussian' (--weights gaussian) or an empirical spectrum (--empirical)"
+)
+
+
 def stieltjes(spec, z) -> np.ndarray:
     """``G(z) = int mu(dv) / (z - v)`` of the spectral measure of ``J^T J`` at complex ``z``
     (``Im z > 0``), by Newton lilypads."""
     model = _model(spec)
+    _check_representable(model)
     eq, m1, fine = master_equation(model)
     z = np.asarray(z, complex)
     zs = z.ravel() / m1
-    m, info = lilypads(eq, zs, real_axis_edge(eq))
+    with _explain_stall(model):
+        m, info = lilypads(eq, zs, real_axis_edge(eq))
     m, ok = _certify_fine(eq, zs, m, info, fine)
     if not ok.all():
         raise NumericalError(_FINE_MSG.format(n=int((~ok).sum())))
@@ -216,6 +281,9 @@ def _certify_fine(eq: MasterEquation, z, m, info, fine, tol: float = 1e-4):
     eq_f.strict = False
     m_f, A_f, _, _, _ = _newton(eq_f, z, m, info["g"])
     ok = _agree(z, m, m_f, tol)
+    # a fine re-solve that leaves the branch (e.g. far below the bulk, where Im G is ~0 and the
+    # discrete rule is poor) is flagged like a disagreement: not certified, never returned
+    ok &= _certified(z, m_f, A_f)
     if ok.any():
         _certify(eq_f, z[ok], m_f[ok], A_f[ok])
     return np.where(ok, m_f, np.nan), ok
@@ -324,18 +392,15 @@ def _cum_from_top(x, rho):
     return np.concatenate([np.cumsum(seg[::-1])[::-1], [0.0]])
 
 
-def _validate_points(values, what, lo=None, hi=None, open_=True) -> list[float]:
-    if values is None:
-        return []
+def _validate_points(values, what: str, bounds: tuple[float, float] | None = None) -> list[float]:
+    """``values`` as a list of finite floats, each in the open interval ``bounds`` when given."""
     out = []
-    for v in np.atleast_1d(values):
+    for v in np.atleast_1d(values if values is not None else []):
         v = float(v)
         if not math.isfinite(v):
-            raise ValueError(f"{what} must be finite numbers, got {v}")
-        if lo is not None and (v <= lo if open_ else v < lo):
-            raise ValueError(f"{what} must lie in ({lo}, {hi}), got {v}")
-        if hi is not None and (v >= hi if open_ else v > hi):
-            raise ValueError(f"{what} must lie in ({lo}, {hi}), got {v}")
+            raise ValueError(f"{what} must be finite numbers, got {v:g}")
+        if bounds is not None and not bounds[0] < v < bounds[1]:
+            raise ValueError(f"{what} must lie in ({bounds[0]:g}, {bounds[1]:g}), got {v:g}")
         out.append(v)
     return out
 
@@ -371,6 +436,14 @@ def jacobian_spectrum(
     Returns
     -------
     SpectrumResult
+
+    Raises
+    ------
+    ValueError
+        Bad input, or orthogonal weights whose ``J^T J`` has a point mass away from 0
+        (:func:`orthogonal_atom`) that this result cannot represent.
+    NumericalError
+        A point that cannot be certified (nothing uncertified is returned).
     """
     return spectrum_from_laws(_model(spec), points=points, x=x, y=y, cdf_at=cdf_at, quantiles=quantiles)
 
@@ -401,12 +474,31 @@ def spectrum_from_laws(
     if not (y > 0 and math.isfinite(y)):
         raise ValueError(f"y must be a finite number > 0, got {y}")
     cdf_pts = _validate_points(cdf_at, "cdf_at")
-    qs = _validate_points(quantiles, "quantiles", 0.0, 1.0)
+    qs = _validate_points(quantiles, "quantiles", (0.0, 1.0))
+    xu = None
     if x is not None:
         xu = np.asarray(x, float).ravel()
         if xu.size == 0 or not np.all(np.isfinite(xu)) or np.any(xu <= 0):
             raise ValueError("x must be a non-empty list of finite numbers > 0")
 
+    _check_representable(model)
+    with _explain_stall(model):
+        return _spectrum(model, points, xu, y, cdf_pts, qs)
+
+
+@contextmanager
+def _explain_stall(model: _Model):
+    """Orthogonal weights: turn a lilypad stall into a message that says the likely cause."""
+    try:
+        yield
+    except NumericalError as exc:
+        if model.weights != "orthogonal" or "stalled" not in str(exc):
+            raise
+        raise NumericalError(_ORTHO_STALL.format(exc=exc)) from exc
+
+
+def _spectrum(model: _Model, points: int, x, y: float, cdf_pts: list, qs: list) -> SpectrumResult:
+    """The body of :func:`spectrum_from_laws` on validated input (``x``: None or a 1-d array > 0)."""
     eq, m1, fine = master_equation(model)
     atom = atom_at_zero(model)
     moments = closed_form_moments(model)
@@ -472,7 +564,7 @@ def spectrum_from_laws(
     if x is None and y == y_int:
         out_x, out_rho, out_G = grid, rho, G
     else:
-        out_x = grid if x is None else xu
+        out_x = grid if x is None else x
         out_rho, out_G, _ = _density(eq, m1, fine, out_x, y, atom, edge / m1)
     return SpectrumResult(
         x=out_x,
