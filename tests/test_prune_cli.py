@@ -13,7 +13,16 @@ import torch
 
 import sigprop.pruning as pruning
 from sigprop import cli
-from sigprop.run_prune import CONFIG_FILE, LOSSES, MODEL_FILE, RESCALE_METHODS, RESULT_FILE, run_prune
+from sigprop.run_prune import (
+    CONFIG_FILE,
+    LOSSES,
+    MODEL_FILE,
+    RESCALE_METHODS,
+    RESULT_FILE,
+    SCOPES,
+    input_output_connected,
+    run_prune,
+)
 
 SMALL = ["--model", "mlp", "--depth", "2", "--width", "32", "--data", "digits"]
 CONTRACT = {
@@ -117,8 +126,19 @@ def test_json_contract_for_each_method(main, capsys, method):
 
 
 def test_constants_match_the_library():
-    assert LOSSES == pruning.LOSSES
-    assert tuple(pruning.RESCALE_METHODS) == RESCALE_METHODS
+    from sigprop.pruning import _names, masks, scores
+
+    assert LOSSES == pruning.LOSSES == scores.LOSSES == _names.LOSSES
+    assert tuple(pruning.RESCALE_METHODS) == RESCALE_METHODS == _names.RESCALE_METHODS
+    assert SCOPES == masks.SCOPES == pruning.SCOPES == _names.SCOPES
+
+
+def test_building_the_command_line_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, sigprop.cli_prune; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_sparsity_zero_keeps_everything_and_changes_nothing(main, capsys):
@@ -151,6 +171,25 @@ def test_plot_and_table_output(main, capsys, tmp_path):
     out = capsys.readouterr().out
     assert code == 0 and "kept per layer" in out and "collapsed layers: none" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_out_and_plot_paths_are_checked_before_scoring(main, capsys, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("scored before the paths were checked")
+
+    monkeypatch.setattr(pruning, "snip_scores", boom)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    base = ["prune", *SMALL, "--method", "snip", "--sparsity", "0.5"]
+    for extra, needle in (
+        (["--out", afile], "--out"),
+        (["--out", afile / "sub"], "--out"),
+        (["--plot", tmp_path / "missing" / "k.png"], "--plot"),
+        (["--plot", tmp_path], "--plot"),
+    ):
+        err = _error(main, capsys, [*base, *extra])
+        assert needle in err and str(afile if "--out" in extra else tmp_path) in err
+    assert afile.read_text() == "x"
 
 
 # ------------------------------------------------------------------------------------------ --out, train --prune-from
@@ -259,6 +298,44 @@ def test_collapse_at_the_critical_sparsity_is_reported_and_refused(main, capsys,
     assert json.loads(captured.out)["config"]["allow_collapse"] is True
 
 
+def test_disconnected_mask_without_a_collapsed_layer_is_reported_and_refused(main, capsys, tmp_path):
+    # default mlp, magnitude at 0.999: every layer keeps a few weights, but no input-output path
+    pdir = tmp_path / "disc"
+    res = _prune(main, capsys, "--method", "magnitude", "--sparsity", "0.999", "--out", pdir)
+    assert res["collapsed_layers"] == [] and min(res["kept_per_layer"]) > 0
+    assert res["disconnected"] is True and res["disconnected_check"] == "structural"
+    assert res["jacobian"]["norm"] == 0.0
+    assert json.loads((pdir / RESULT_FILE).read_text())["disconnected"] is True
+    assert main(["prune", "--method", "magnitude", "--sparsity", "0.999"]) == 0
+    assert "DISCONNECTED" in capsys.readouterr().out
+    out = tmp_path / "t"
+    err = _error(main, capsys, ["train", "--prune-from", pdir, "--epochs", "1", "--out", out])
+    assert "no path" in err and "--allow-collapse" in err
+    assert not out.exists()
+    code = main(["train", "--prune-from", pdir, "--allow-collapse", "--iterations", "2", "--out", out, "--json"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    # a connected mask says so
+    assert _prune(main, capsys, *SMALL, "--method", "magnitude", "--sparsity", "0.9")["disconnected"] is False
+
+
+def test_input_output_connected_follows_the_kept_paths():
+    from sigprop.nets import build_model
+
+    net = build_model("mlp", in_shape=(4,), num_classes=2, depth=2, width=3)
+    assert input_output_connected(net) is True  # unpruned
+    w = [layer.weight for layer in net.layers]
+    masks = {f"layers.{i}.weight": torch.zeros_like(t) for i, t in enumerate(w)}
+    masks["layers.0.weight"][0, 1] = 1  # input 1 -> unit 0
+    masks["layers.1.weight"][2, 1] = 1  # unit 1 -> unit 2: unit 1 is not reached
+    masks["layers.2.weight"][0, 2] = 1
+    pruning.apply_masks(net, masks)
+    assert pruning.collapsed_layers(net) == [] and input_output_connected(net) is False
+    net.layers[1].weight_mask[2, 0] = 1  # unit 0 -> unit 2 closes the path
+    assert input_output_connected(net) is True
+    assert input_output_connected(build_model("lenet5", in_shape=(1, 28, 28), num_classes=10)) is None
+
+
 # ------------------------------------------------------------------------------------------ repairs
 @pytest.mark.parametrize("method", [m for m in RESCALE_METHODS if m != "none"])
 def test_rescale_runs_and_keeps_the_mask(main, capsys, method):
@@ -300,7 +377,17 @@ def test_isometry_lowers_the_orthogonality_score(main, capsys):
         (["--method", "snip", "--sparsity", "0.5", "--model", "nosuch"], "known models"),
         (["--method", "snip", "--sparsity", "0.5", "--data", "nosuch"], "known data sets"),
         (["--method", "snip", "--sparsity", "0.5", "--batch-size", "5000"], "--batch-size"),
-        (["--method", "snip", "--sparsity", "0.5", "--jacobian-batch", "0"], "jacobian_batch"),
+        (["--method", "snip", "--sparsity", "0.5", "--jacobian-batch", "0"], "--jacobian-batch"),
+        (["--method", "snip", "--sparsity", "0.5", "--batches", "0"], "--batches must be"),
+        (["--method", "snip", "--sparsity", "0.5", "--depth", "0"], "--depth must be"),
+        (["--method", "snip", "--sparsity", "0.5", "--width", "0"], "--width must be"),
+        (["--method", "snip", "--sparsity", "0.5", "--isometry", "--isometry-lr", "inf"], "--isometry-lr"),
+        (["--method", "snip", "--sparsity", "0.5", "--isometry", "--isometry-steps", "0"], "--isometry-steps"),
+        (["--method", "snip", "--sparsity", "0.5", "--isometry-lr", "0.5"], "--isometry"),
+        (["--method", "snip", "--sparsity", "0.5", "--isometry-steps", "5"], "--isometry"),
+        (["--method", "random", "--sparsity", "0.5", "--loss", "uniform"], "--loss"),
+        (["--method", "magnitude", "--sparsity", "0.5", "--loss", "supervised"], "--loss"),
+        (["--method", "synflow", "--sparsity", "0.5", "--loss", "pred-raw"], "--loss"),
         (["--method", "snip", "--sparsity", "0.5", "--plot", "x.jpg"], "PNG"),
         (["--method", "snip", "--sparsity", "0.5", "--init", "gaussian"], "sigma_w2"),
     ],
@@ -326,9 +413,13 @@ def test_run_prune_api_rejects_bad_values():
         run_prune(method="random", sparsity=1)
     with pytest.raises(ValueError, match="needs data"):
         run_prune(method="snip", sparsity=0.5, data=None, in_shape=(4,), num_classes=2)
-    with pytest.raises(ValueError, match="isometry_lr"):
+    with pytest.raises(ValueError, match="--isometry-lr"):
         run_prune(method="random", sparsity=0.5, isometry=True, isometry_lr=float("inf"))
-    with pytest.raises(ValueError, match="in_shape"):
+    with pytest.raises(ValueError, match="--isometry"):
+        run_prune(method="random", sparsity=0.5, isometry_steps=5)
+    with pytest.raises(ValueError, match="--loss"):
+        run_prune(method="magnitude", sparsity=0.5, loss="uniform")
+    with pytest.raises(ValueError, match="--in-shape"):
         run_prune(method="random", sparsity=0.5, data=None, in_shape=(0, 4), num_classes=2)
 
 

@@ -177,6 +177,25 @@ def test_rescale_eoc_dead_rows_and_conv_channels():
     torch.testing.assert_close(norms, torch.full_like(norms, 2.0), rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("method", [m for m in RESCALE_METHODS if m != "none"])
+def test_rescale_leaves_unpruned_layers_alone(method):
+    # sparsity 0: masks of ones; every method (eoc included) must leave the dense net unchanged
+    m = pruned_mlp(scope="layerwise", sparsity=0.0)
+    before = [layer.weight.detach().clone() for layer in m.layers]
+    rec = rescale(m, method, **({"sparsity": 0.5} if method == "random" else {}))
+    for layer, b, r in zip(m.layers, before, rec["layers"], strict=True):
+        assert torch.equal(layer.weight, b)
+        assert r["kept_fraction"] == 1.0 and r["factor"] == 1.0
+    # a partly pruned net: only its pruned layer is rescaled
+    m = pruned_mlp(scope="layerwise", sparsity=0.0)
+    with torch.no_grad():
+        m.layers[1].weight_mask[:, ::2] = 0
+    before = [layer.weight.detach().clone() for layer in m.layers]
+    rec = rescale(m, method)
+    for i, (layer, b) in enumerate(zip(m.layers, before, strict=True)):
+        assert torch.equal(layer.weight, b) == (i != 1), (method, i)
+
+
 def test_rescale_bad_input():
     m = pruned_mlp()
     with pytest.raises(ValueError, match="unknown rescale method"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from sigprop.run_prune import LOSSES, METHODS, RESCALE_METHODS, SCOPES
+from sigprop.run_prune import ISOMETRY_LR, ISOMETRY_STEPS, LOSSES, METHODS, RESCALE_METHODS, SCOPES
 
 __all__ = ["add_prune_from_args", "add_prune_parser", "cmd_prune"]
 
@@ -67,8 +67,8 @@ def add_prune_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--loss",
         choices=LOSSES,
-        default="supervised",
-        help="loss of snip/grasp (default supervised; the others use no labels, seed 002 Table 4)",
+        default=None,
+        help="loss of snip/grasp only (default supervised; the others use no labels, seed 002 Table 4)",
     )
     p.add_argument(
         "--rescale",
@@ -77,9 +77,13 @@ def add_prune_parser(subparsers) -> argparse.ArgumentParser:
         help="repair the pruned weights' scale: " + ", ".join(RESCALE_METHODS) + " (default none)",
     )
     p.add_argument("--isometry", action="store_true", help="approximate isometry repair after pruning (seed 002 eq. 8)")
-    p.add_argument("--isometry-lr", type=float, default=0.1, help="step size of the isometry repair (default 0.1)")
     p.add_argument(
-        "--isometry-steps", type=int, default=10000, help="most steps of the isometry repair (default 10000)"
+        "--isometry-lr", type=float, help=f"step size of the isometry repair (with --isometry; default {ISOMETRY_LR})"
+    )
+    p.add_argument(
+        "--isometry-steps",
+        type=int,
+        help=f"most steps of the isometry repair (with --isometry; default {ISOMETRY_STEPS})",
     )
     p.add_argument(
         "--data",
@@ -120,7 +124,8 @@ def add_prune_from_args(train_parser: argparse.ArgumentParser) -> None:
     train_parser.add_argument(
         "--allow-collapse",
         action="store_true",
-        help="with --prune-from: train even if the mask removes a whole layer (refused otherwise)",
+        help="with --prune-from: train even if the mask removes a whole layer or leaves no input-output path "
+        "(refused otherwise)",
     )
     train_parser.set_defaults(model=None, activation=None, init=None)
 
@@ -187,6 +192,9 @@ def cmd_prune(args) -> int:
     else:
         names = ", ".join(collapsed) if len(collapsed) <= 4 else f"{', '.join(collapsed[:3])}, ..., {collapsed[-1]}"
         print(f"collapsed layers: {len(collapsed)} ({names})")
+    if result.get("disconnected"):
+        how = "no path of kept weights" if result.get("disconnected_check") == "structural" else "Jacobian exactly 0"
+        print(f"DISCONNECTED: the output no longer depends on the input ({how})")
     print("kept per layer:   " + " ".join(f"{k:.3f}" for k in result["kept_per_layer"]))
     keys = ("mean", "std", "cond", "norm")
     print(f"{'jacobian':<10}" + "".join(f"{k:>12}" for k in keys) + f"{'orthogonality':>16}")

@@ -10,6 +10,12 @@ Linear/Conv weight) with one of :data:`METHODS`, masks them to the requested spa
     names are in ``layers``);
 ``collapsed_layers``
     names of the tensors the mask removes entirely (layer collapse, seed 001 Sec. 2.1);
+``disconnected``
+    True when no path of kept weights joins the input to the output although perhaps no layer is
+    fully pruned (e.g. magnitude pruning at 0.999: each layer keeps a few weights, but they do not
+    line up), so the output no longer depends on the input. Checked structurally for MLPs
+    (:func:`input_output_connected`), otherwise read off the measured Jacobian (``norm == 0``
+    exactly); ``disconnected_check`` says which (``"structural"`` or ``"jacobian"``);
 ``critical_sparsity``
     for ``scope="global"``: the critical sparsity ``s_cr`` of global pruning by the scores
     (seed 001 Sec. 2.1, exact, :func:`sigprop.pruning.critical_sparsity`; for iterative
@@ -33,9 +39,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+# torch-free: the option names are defined once in sigprop.pruning._names (SCOPES: mask scopes of
+# make_masks; LOSSES: losses of SNIP / GraSP; RESCALE_METHODS: repairs of rescale)
+from sigprop.pruning._names import LOSSES, RESCALE_METHODS, SCOPES
 
 __all__ = [
     "CONFIG_FILE",
@@ -46,6 +55,7 @@ __all__ = [
     "RESCALE_METHODS",
     "RESULT_FILE",
     "SCOPES",
+    "input_output_connected",
     "layerwise_critical_sparsity",
     "load_pruned",
     "plot_kept",
@@ -56,13 +66,6 @@ __all__ = [
 METHODS: tuple[str, ...] = ("random", "magnitude", "snip", "grasp", "synflow")
 #: Methods that score without data (their Jacobian statistics still need inputs, see ``data``).
 DATA_FREE_METHODS: tuple[str, ...] = ("random", "magnitude", "synflow")
-#: Mask scopes (:func:`sigprop.pruning.make_masks`).
-SCOPES: tuple[str, ...] = ("global", "layerwise")
-#: Losses of SNIP / GraSP; the same tuple as :data:`sigprop.pruning.LOSSES` (checked by the tests),
-#: repeated here so the command line is built without importing torch.
-LOSSES: tuple[str, ...] = ("supervised", "uniform", "pred-raw", "pred-softmax")
-#: Repairs of :func:`sigprop.pruning.rescale`; the same as ``sigprop.pruning.RESCALE_METHODS``.
-RESCALE_METHODS: tuple[str, ...] = ("none", "eoc", "random", "magnitude", "magnitude-exact")
 
 MODEL_FILE = "pruned_model.pt"
 CONFIG_FILE = "prune_config.json"
@@ -70,6 +73,11 @@ RESULT_FILE = "prune_result.json"
 _FORMAT = 1
 #: Rounds of iterative SynFlow (Tanaka et al. 2020 use 100).
 SYNFLOW_ROUNDS = 100
+#: Methods whose score takes a loss (``loss``); the others refuse one.
+LOSS_METHODS: tuple[str, ...] = ("snip", "grasp")
+#: Defaults of the isometry repair (``isometry_lr``, ``isometry_steps``).
+ISOMETRY_LR = 0.1
+ISOMETRY_STEPS = 10000
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,16 +100,11 @@ def _json_safe(obj: Any) -> Any:
     return value if math.isfinite(value) else None
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+def _check_int(value, name: str, minimum: int) -> None:
+    """:func:`sigprop.train._check_int` (TypeError for a non-integer, ValueError below ``minimum``)."""
+    from sigprop.train import _check_int as check
 
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    check(value, name, minimum)
 
 
 def layerwise_critical_sparsity(sizes) -> float:
@@ -126,6 +129,32 @@ def layerwise_critical_sparsity(sizes) -> float:
     return s
 
 
+def input_output_connected(model) -> bool | None:
+    """Whether the mask leaves a path of kept weights from the input to the output (structural).
+
+    Known for :class:`sigprop.nets.MLP` (and LeNet-300-100): a boolean vector of the units
+    reachable from the input is pushed through each layer's mask (``reach_l = (M_l != 0) reach_{l-1}``);
+    the net is connected when some output is reachable. A disconnected net's output does not
+    depend on its input (its Jacobian is exactly 0) even when no layer is fully pruned. ``None``
+    for other architectures (convolutions, skip connections), where :func:`run_prune` falls back
+    to the measured Jacobian.
+    """
+    import torch
+
+    from sigprop.nets.models import MLP
+
+    if not isinstance(model, MLP):
+        return None
+    reach = None
+    for layer in model.layers:
+        mask = getattr(layer, "weight_mask", None)
+        keep = (mask if isinstance(mask, torch.Tensor) else torch.ones_like(layer.weight)) != 0
+        keep = keep.detach().cpu().to(torch.float64)
+        reach = torch.ones(keep.shape[1], dtype=torch.float64) if reach is None else reach
+        reach = ((keep @ reach) > 0).to(torch.float64)
+    return bool(reach.any())
+
+
 def _mask_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -137,22 +166,62 @@ def _mask_digest(path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
+def _check_sparsity(sparsity) -> float:
+    from sigprop.pruning.masks import _check_sparsity as check
+
+    return check(sparsity)
+
+
 def _check_args(
-    *, method, sparsity, scope, loss, rescale, data, in_shape, num_classes, batch_size, batches, jacobian_batch
+    *,
+    method,
+    sparsity,
+    scope,
+    loss,
+    rescale,
+    isometry,
+    isometry_lr,
+    isometry_steps,
+    data,
+    in_shape,
+    num_classes,
+    batch_size,
+    batches,
+    jacobian_batch,
+    depth,
+    width,
+    out,
+    plot,
 ) -> float:
+    """Validate the settings before anything is built or scored; messages name the CLI flags."""
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
         raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    s = float(sparsity)
-    if math.isnan(s) or not 0.0 <= s < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1) (the fraction of prunable weights removed), got {sparsity}")
+    s = _check_sparsity(sparsity)
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; choose 'global' or 'layerwise'")
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if loss is not None:
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        if method not in LOSS_METHODS:
+            raise ValueError(
+                f"--loss is the loss of {'/'.join(LOSS_METHODS)}; method {method!r} uses no loss: drop --loss"
+            )
     if rescale not in RESCALE_METHODS:
         raise ValueError(f"unknown rescale {rescale!r}; choose one of {', '.join(RESCALE_METHODS)}")
+    if not isometry:
+        given = [f for f, v in (("--isometry-lr", isometry_lr), ("--isometry-steps", isometry_steps)) if v is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} set(s) the isometry repair: add --isometry, or drop {given[0]}")
+    if isometry_steps is not None:
+        _check_int(isometry_steps, "--isometry-steps", 1)
+    if isometry_lr is not None and (
+        isinstance(isometry_lr, bool)
+        or not isinstance(isometry_lr, (int, float))
+        or not (isometry_lr > 0 and math.isfinite(isometry_lr))
+    ):
+        raise ValueError(f"--isometry-lr must be a finite number > 0, got {isometry_lr!r}")
     if data is None:
         if method not in DATA_FREE_METHODS:
             raise ValueError(
@@ -166,13 +235,37 @@ def _check_args(
     if in_shape is not None:
         shape = tuple(in_shape)
         if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
-            raise ValueError(f"in_shape must be positive integers (e.g. 1,8,8), got {in_shape!r}")
+            raise ValueError(f"--in-shape must be positive integers (e.g. 1,8,8), got {in_shape!r}")
     if num_classes is not None:
-        _check_int(num_classes, "num_classes", 2)
-    _check_int(batch_size, "batch_size", 1)
-    _check_int(batches, "batches", 1)
-    _check_int(jacobian_batch, "jacobian_batch", 1)
+        _check_int(num_classes, "--num-classes", 2)
+    _check_int(batch_size, "--batch-size", 1)
+    _check_int(batches, "--batches", 1)
+    _check_int(jacobian_batch, "--jacobian-batch", 1)
+    if depth is not None:
+        _check_int(depth, "--depth", 1)
+    if width is not None:
+        _check_int(width, "--width", 1)
+    _check_paths(out, plot)
     return s
+
+
+def _check_paths(out, plot) -> None:
+    """``--out`` must be a folder (or not exist yet, under an existing one); ``--plot`` a PNG in a folder."""
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {str(out)!r} is a file; give a folder for the pruned model")
+        parent = next((p for p in out.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ValueError(f"--out {str(out)!r}: {parent} is a file, not a folder")
+    if plot is not None:
+        plot = Path(plot)
+        if plot.suffix.lower() != ".png":
+            raise ValueError(f"--plot writes a PNG image; give a FILE.png, got {str(plot)!r}")
+        if plot.is_dir():
+            raise ValueError(f"--plot {str(plot)!r} is a folder; give a FILE.png")
+        if not plot.absolute().parent.is_dir():
+            raise ValueError(f"--plot {str(plot)!r}: the folder {str(plot.absolute().parent)!r} does not exist")
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,11 +285,11 @@ def run_prune(
     sigma_b2: float | None = None,
     eta: float | None = None,
     scope: str = "global",
-    loss: str = "supervised",
+    loss: str | None = None,
     rescale: str = "none",
     isometry: bool = False,
-    isometry_lr: float = 0.1,
-    isometry_steps: int = 10000,
+    isometry_lr: float | None = None,
+    isometry_steps: int | None = None,
     data: str | None = "digits",
     data_dir: str | None = None,
     in_shape: tuple[int, ...] | None = None,
@@ -225,13 +318,15 @@ def run_prune(
         As for ``sigprop train`` (:func:`sigprop.run_train.run_train`).
     scope : {"global", "layerwise"}
         One threshold over all tensors, or the same sparsity in each tensor.
-    loss : {"supervised", "uniform", "pred-raw", "pred-softmax"}
-        Loss of SNIP and GraSP (seed 002 Table 4); the unsupervised ones use no labels.
+    loss : {"supervised", "uniform", "pred-raw", "pred-softmax"} or None
+        Loss of SNIP and GraSP (seed 002 Table 4); the unsupervised ones use no labels. None:
+        supervised. Refused for the other methods.
     rescale : {"none", "eoc", "random", "magnitude", "magnitude-exact"}
         Repair of the pruned weights by :func:`sigprop.pruning.rescale`.
     isometry : bool
         Run :func:`sigprop.pruning.approximate_isometry` (seed 002 eq. 8) after the rescale,
-        with ``isometry_lr`` and at most ``isometry_steps`` steps.
+        with ``isometry_lr`` (None: :data:`ISOMETRY_LR`) and at most ``isometry_steps`` steps
+        (None: :data:`ISOMETRY_STEPS`); both are refused without ``isometry``.
     data : str or None
         Data set (:data:`sigprop.data.DATASETS`) whose training split gives the scoring batches
         (``batches`` batches of ``batch_size`` examples, drawn from a permutation seeded by
@@ -253,7 +348,7 @@ def run_prune(
     -------
     dict
         ``kept_per_layer`` (list of float), ``collapsed_layers`` (list of str),
-        ``critical_sparsity`` (float), ``jacobian`` and ``jacobian_dense``
+        ``disconnected`` (bool), ``critical_sparsity`` (float), ``jacobian`` and ``jacobian_dense``
         (``{mean, std, cond, norm}``), ``orthogonality_score``, ``orthogonality_score_dense``
         (float), plus ``layers`` (tensor names, parallel to ``kept_per_layer``),
         ``kept_fraction`` (kept share of all prunable weights) and ``config`` (the settings, with
@@ -263,23 +358,25 @@ def run_prune(
     ------
     ValueError
         Bad input (unknown method/scope/loss/rescale/model/data set, sparsity outside [0, 1),
-        a method that needs data without data, a supervised loss without labels, ...).
+        a method that needs data without data, a supervised loss without labels, a ``loss`` for a
+        method without one, isometry settings without ``isometry``, an ``out`` that is a file or a
+        ``plot`` in a missing folder, ...; checked before anything is scored).
     sigprop.errors.NumericalError
         Non-finite scores (e.g. overflowing gradients of a far-chaotic deep net).
     """
     s = _check_args(
-        method=method, sparsity=sparsity, scope=scope, loss=loss, rescale=rescale, data=data,
-        in_shape=in_shape, num_classes=num_classes, batch_size=batch_size, batches=batches,
-        jacobian_batch=jacobian_batch,
+        method=method, sparsity=sparsity, scope=scope, loss=loss, rescale=rescale, isometry=isometry,
+        isometry_lr=isometry_lr, isometry_steps=isometry_steps, data=data, in_shape=in_shape,
+        num_classes=num_classes, batch_size=batch_size, batches=batches, jacobian_batch=jacobian_batch,
+        depth=depth, width=width, out=out, plot=plot,
     )  # fmt: skip
-    _check_int(isometry_steps, "isometry_steps", 1)
-    if (
-        isinstance(isometry_lr, bool)
-        or not isinstance(isometry_lr, (int, float))
-        or not (isometry_lr > 0 and math.isfinite(isometry_lr))
-    ):
-        raise ValueError(f"isometry_lr must be a finite number > 0, got {isometry_lr!r}")
-    _check_int(seed, "seed", 0)
+    _check_int(seed, "--seed", 0)
+    if loss is None:
+        loss = "supervised"
+    if isometry_lr is None:
+        isometry_lr = ISOMETRY_LR
+    if isometry_steps is None:
+        isometry_steps = ISOMETRY_STEPS
 
     import torch
 
@@ -297,8 +394,6 @@ def run_prune(
         raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INIT_SCHEMES)}")
     act = get_activation(activation, **(act_params or {}))
     dev = resolve_device(device)
-    if plot is not None and Path(plot).suffix.lower() != ".png":
-        raise ValueError(f"--plot writes a PNG image; give a FILE.png, got {str(plot)!r}")
 
     gen = torch.Generator().manual_seed(int(seed))
     if data is not None:
@@ -346,8 +441,8 @@ def run_prune(
     )
     from sigprop.pruning import orthogonality_score as ortho
 
-    jac_dense = _json_safe(jacobian_stats(net, x_jac))
-    ortho_dense = _json_safe(ortho(net))
+    jac_dense = jacobian_stats(net, x_jac)
+    ortho_dense = ortho(net)
 
     if method == "random":
         scores = random_scores(net, seed=seed)
@@ -424,18 +519,26 @@ def run_prune(
         "init_sigma_b2": record.get("sigma_b2"),
         "init_q_star": record.get("q_star"),
     }
+    jac = jacobian_stats(net, x_jac)
+    connected = input_output_connected(net)
+    if connected is None:  # not a plain MLP: no path <=> (here) the measured Jacobian is exactly 0
+        disconnected, how = jac.get("norm") == 0.0, "jacobian"
+    else:
+        disconnected, how = not connected, "structural"
     result = {
         "kept_per_layer": kept,
         "collapsed_layers": collapsed_layers(net),
+        "disconnected": bool(disconnected),
+        "disconnected_check": how,
         "critical_sparsity": s_cr,
-        "jacobian": _json_safe(jacobian_stats(net, x_jac)),
+        "jacobian": jac,
         "jacobian_dense": jac_dense,
-        "orthogonality_score": _json_safe(ortho(net)),
+        "orthogonality_score": ortho(net),
         "orthogonality_score_dense": ortho_dense,
         "layers": names,
         "kept_fraction": kept_n / total,
-        "rescale": _json_safe(rescale_record) if rescale_record is not None else None,
-        "isometry": _json_safe(isometry_record) if isometry_record is not None else None,
+        "rescale": rescale_record,
+        "isometry": isometry_record,
         "config": settings,
     }
     result = _json_safe(result)
@@ -443,11 +546,11 @@ def run_prune(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        from sigprop.train import _atomic_write, _write_json
+
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        tmp = out / (MODEL_FILE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, out / MODEL_FILE)
-        _write_json(out / CONFIG_FILE, {"format": _FORMAT, **_json_safe(settings)})
+        _atomic_write(out / MODEL_FILE, lambda f: torch.save(state, f))
+        _write_json(out / CONFIG_FILE, _json_safe({"format": _FORMAT, **settings}))
         _write_json(out / RESULT_FILE, result)
     if plot is not None:
         plot_kept(net, plot, title=f"{method}, sparsity {s:g}, {scope}")

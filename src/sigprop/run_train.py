@@ -17,13 +17,12 @@ the number of classes are the same. A mask that removes a whole layer is refused
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from sigprop.data import DATASETS, load_dataset
 from sigprop.nets import INIT_SCHEMES, MODEL_NAMES, build_model, initialize
 from sigprop.theory.activations import get_activation
-from sigprop.train import RESULT_FILE, TrainConfig, train
+from sigprop.train import RESULT_FILE, TrainConfig, _write_json, train
 
 __all__ = ["RUN_FILE", "run_train"]
 
@@ -209,9 +208,23 @@ def _check_collapse(prune_from, net, allow_collapse: bool) -> None:
             "no longer depends on the input); prune at a lower sparsity, with another method or initialization, "
             "or pass --allow-collapse to train it anyway"
         )
+    if not allow_collapse and _disconnected(prune_from, net):
+        raise ValueError(
+            f"the mask in {prune_from} leaves no path of kept weights from the input to the output (no layer is "
+            "fully pruned, but the kept weights do not line up: the output no longer depends on the input); prune "
+            "at a lower sparsity, with another method or initialization, or pass --allow-collapse to train it anyway"
+        )
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+def _disconnected(prune_from, net) -> bool:
+    """No input-output path: structurally for MLPs, else as recorded by ``sigprop prune`` (if it was)."""
+    from sigprop.run_prune import RESULT_FILE as PRUNE_RESULT
+    from sigprop.run_prune import input_output_connected
+
+    connected = input_output_connected(net)
+    if connected is not None:
+        return not connected
+    try:
+        return json.loads((Path(prune_from) / PRUNE_RESULT).read_text()).get("disconnected") is True
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -29,7 +29,8 @@ from torch import nn
 
 from sigprop.errors import NumericalError
 
-from .scores import LOSSES, Params, _batches, _leaf, _Preserve, named_prunable, surrogate_loss
+from ._names import LOSSES
+from .scores import Params, _batches, _leaf, _Preserve, named_prunable, surrogate_loss
 
 __all__ = ["grasp_scores"]
 

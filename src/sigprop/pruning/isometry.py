@@ -69,13 +69,11 @@ def orthogonal_init(
 
     if gain is None:
         return initialize(model, "orthogonal", activation=activation, q_star=q_star, seed=seed)
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain) or gain <= 0:
-        raise ValueError(f"gain must be a positive finite number or None (mean-field gain), got {gain!r}")
     return initialize(
         model,
         "orthogonal",
         activation=activation,
-        sigma_w2=float(gain) ** 2,
+        sigma_w2=_check_gain(gain, none_ok=True),
         sigma_b2=0.0,
         first_layer="same",
         seed=seed,
@@ -86,7 +84,11 @@ def orthogonal_init(
 
 
 def _layer_mats(model: nn.Module, params: Params | None):
-    """``(name, module, leaf, mask or None)`` for each scored weight tensor."""
+    """``(name, module, tensor_name, leaf, mask or None)`` for each scored weight tensor.
+
+    ``leaf`` is ``<tensor_name>_orig`` of a pruned tensor (with its ``_mask``), else the tensor
+    itself (mask None).
+    """
     out = []
     for name, module, tname in named_prunable(model, params):
         orig = getattr(module, tname + "_orig", None)
@@ -120,9 +122,11 @@ def _effective_2d(leaf: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return w.reshape(w.shape[0], -1)
 
 
-def _check_gain(gain) -> float:
+def _check_gain(gain, *, none_ok: bool = False) -> float:
+    """``gain^2`` of a positive finite ``gain`` (ValueError otherwise)."""
     if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain) or gain <= 0:
-        raise ValueError(f"gain must be a positive finite number, got {gain!r}")
+        alt = " or None (mean-field gain)" if none_ok else ""
+        raise ValueError(f"gain must be a positive finite number{alt}, got {gain!r}")
     return float(gain) ** 2
 
 

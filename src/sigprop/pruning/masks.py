@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
+from ._names import SCOPES
 from .scores import (
     Params,
     _abs_state_,
@@ -44,8 +45,6 @@ __all__ = [
     "make_masks",
     "synflow_masks",
 ]
-
-SCOPES = ("global", "layerwise")
 
 
 def _check_sparsity(sparsity: float) -> float:

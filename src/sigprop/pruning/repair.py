@@ -69,17 +69,13 @@ from torch import nn
 
 from sigprop.errors import NumericalError, check_variance
 
+from ._names import RESCALE_METHODS
 from .masks import _check_sparsity, apply_masks, make_masks
 from .scores import WEIGHT_LAYER_TYPES, Params, named_prunable, prunable_parameters, random_scores
 
 __all__ = ["RESCALE_METHODS", "eoc_subnetwork", "rescale", "scale_factor"]
 
-RESCALE_METHODS = ("none", "eoc", "random", "magnitude", "magnitude-exact")
 _UNIFORM = ("random", "magnitude", "magnitude-exact")
-
-
-def _std_normal_pdf(z: float) -> float:
-    return math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
 
 
 def scale_factor(method: str, kept_fraction: float) -> float:
@@ -112,7 +108,7 @@ def scale_factor(method: str, kept_fraction: float) -> float:
     if method == "random":
         return p**-0.5
     tau = float(-ndtri(p / 2.0))  # P(|Z| > tau) = p, accurate for tiny p
-    two_tau_phi = 2.0 * tau * _std_normal_pdf(tau)
+    two_tau_phi = 2.0 * tau * math.exp(-0.5 * tau * tau) / math.sqrt(2.0 * math.pi)  # 2 tau phi(tau)
     denom = two_tau_phi if method == "magnitude" else two_tau_phi + p
     a2 = 1.0 / denom if denom > 0 else math.inf
     if not math.isfinite(a2):
@@ -135,10 +131,6 @@ def _pruned(module: nn.Module) -> bool:
 
 def _refresh(module: nn.Module) -> None:
     module.weight = module.weight_orig * module.weight_mask  # what torch.nn.utils.prune's hook computes
-
-
-def _fan_in(w: torch.Tensor) -> int:
-    return int(np.prod(w.shape[1:]))
 
 
 def _record_targets(model: nn.Module) -> dict[str, float]:
@@ -219,7 +211,8 @@ def rescale(
         ``{"method", "sparsity", "target_source", "layers": [...]}``, one entry per Linear/Conv
         layer in module order: ``name, pruned, kept_fraction, factor`` (the uniform factor; for
         eoc the mean row factor), and for eoc ``target_sigma_w2, factor_min, factor_max,
-        dead_rows`` (rows with no kept weight).
+        dead_rows`` (rows with no kept weight). A layer whose mask keeps everything (or
+        nothing) is left alone (factor 1) by every method.
 
     Raises
     ------
@@ -254,7 +247,9 @@ def rescale(
         mask = m.weight_mask
         kept = float((mask != 0).sum()) / mask.numel()
         rec["kept_fraction"] = kept
-        if method == "none" or kept == 0.0:
+        if method == "eoc" and kept == 1.0:  # nothing pruned: the dense layer is left alone
+            rec.update(target_sigma_w2=float(targets[name]), factor=1.0, factor_min=1.0, factor_max=1.0, dead_rows=0)
+        elif method == "none" or kept in (0.0, 1.0):
             rec["factor"] = 1.0
         elif method == "eoc":
             rec.update(_rescale_rows(m, targets[name]))

@@ -22,6 +22,8 @@ from torch import nn
 
 from sigprop.nn_activations import TorchActivation
 
+from ._names import LOSSES
+
 __all__ = [
     "LOSSES",
     "WEIGHT_LAYER_TYPES",
@@ -35,7 +37,6 @@ __all__ = [
 ]
 
 WEIGHT_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-LOSSES = ("supervised", "uniform", "pred-raw", "pred-softmax")
 
 Params = Sequence[tuple[nn.Module, str]]
 
