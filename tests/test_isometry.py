@@ -22,14 +22,7 @@ from sigprop.pruning import (
 from sigprop.pruning.isometry import _objective_grad
 from sigprop.theory.meanfield import eoc
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small dense products: one intra-op thread is faster and steadier on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def gram_dev_numpy(w: np.ndarray, gain: float = 1.0) -> float:

@@ -32,14 +32,7 @@ from sigprop.pruning import (
 )
 from sigprop.theory.meanfield import attracting_q, chi1, eoc
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small dense products: one intra-op thread is faster and steadier on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ----------------------------------------------------------------------------- measurement helpers

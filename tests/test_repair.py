@@ -28,14 +28,7 @@ from sigprop.pruning import (
 )
 from sigprop.theory.meanfield import eoc
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small dense products: one intra-op thread is faster and steadier on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def pruned_mlp(sparsity=0.8, scope="global", seed=0, widths=(40, 30), act="tanh", init=True) -> MLP:

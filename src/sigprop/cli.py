@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from sigprop import __version__
-from sigprop.cli_prune import add_prune_from_args, add_prune_parser
+from sigprop.cli_prune import add_model_args, add_prune_from_args, add_prune_parser
 from sigprop.cli_spectrum import add_parser as add_spectrum_parser
 from sigprop.errors import NumericalError
 from sigprop.theory.activations import SPARSE_FAMILIES, get_activation, parse_params
@@ -198,23 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a model, initialize it, train it with SGD/Adam and write model.pt, metrics.jsonl and "
         "result.json to --out. --resume continues a killed run to exactly the weights an uninterrupted run reaches.",
     )
-    t.add_argument(
-        "--model",
-        default="mlp",
-        help="model name (mlp, lenet300, lenet5, vcnn, vgg16, vgg16x3, resnet20, resnet32, ...; default mlp)",
-    )
-    t.add_argument("--depth", type=int, help="number of hidden layers (mlp, vcnn) or network depth (resnet, wrn)")
-    t.add_argument("--width", type=int, help="hidden width (mlp) or channels (vcnn, first block of vgg/resnet)")
-    t.add_argument(
-        "--activation", default="relu", metavar="ACT", help="activation name from the registry (default relu)"
-    )
-    t.add_argument("--param", action="append", metavar="NAME=VALUE", help="activation parameter, repeatable")
-    t.add_argument("--init", default="eoc", help="eoc (default), gaussian, lecun, glorot, he, orthogonal, correlated")
-    t.add_argument("--sigma-w2", type=float, help="weight variance sigma_w^2 (gaussian, correlated)")
-    t.add_argument(
-        "--sigma-b2", type=float, help="bias variance sigma_b^2 (gaussian; with eoc: choose the EOC point by it)"
-    )
-    t.add_argument("--eta", type=float, help="correlation strength of --init correlated (W = W_ind + eta w)")
+    add_model_args(t)
     t.add_argument(
         "--data",
         default="digits",

@@ -27,7 +27,7 @@ def _in_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model and initialization options of ``sigprop train`` (same names and defaults)."""
     p.add_argument(
         "--model",
@@ -58,7 +58,7 @@ def add_prune_parser(subparsers) -> argparse.ArgumentParser:
         "input-output Jacobian singular-value statistics (pruned and dense) and orthogonality scores. "
         "--out saves the masked model for 'sigprop train --prune-from'.",
     )
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--method", required=True, choices=METHODS, help="score: " + ", ".join(METHODS))
     p.add_argument(
         "--sparsity", required=True, type=float, metavar="S", help="fraction of the prunable weights removed, in [0, 1)"
