@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from sigprop import __version__
-from sigprop.cli_prune import add_model_args, add_prune_from_args, add_prune_parser
+from sigprop.cli_prune import add_model_args, add_prune_from_args, add_prune_parser, model_kwargs
 from sigprop.cli_spectrum import add_parser as add_spectrum_parser
 from sigprop.errors import NumericalError
 from sigprop.theory.activations import SPARSE_FAMILIES, get_activation, parse_params
@@ -107,15 +107,7 @@ def cmd_train(args) -> int:
     from sigprop.run_train import run_train
 
     result = run_train(
-        model=args.model,
-        depth=args.depth,
-        width=args.width,
-        activation=args.activation,
-        act_params=parse_params(args.param),
-        init=args.init,
-        sigma_w2=args.sigma_w2,
-        sigma_b2=args.sigma_b2,
-        eta=args.eta,
+        **model_kwargs(args),
         data=args.data,
         data_dir=args.data_dir,
         epochs=args.epochs,

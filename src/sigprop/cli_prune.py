@@ -48,6 +48,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=float, help="correlation strength of --init correlated (W = W_ind + eta w)")
 
 
+def model_kwargs(args) -> dict:
+    """The keyword arguments of :func:`add_model_args`'s flags, as ``run_train``/``run_prune`` take them."""
+    from sigprop.theory.activations import parse_params
+
+    return {
+        "model": args.model,
+        "depth": args.depth,
+        "width": args.width,
+        "activation": args.activation,
+        "act_params": parse_params(args.param),
+        "init": args.init,
+        "sigma_w2": args.sigma_w2,
+        "sigma_b2": args.sigma_b2,
+        "eta": args.eta,
+    }
+
+
 def add_prune_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``prune`` subcommand on ``subparsers`` (``set_defaults(func=cmd_prune)``)."""
     p = subparsers.add_parser(
@@ -141,22 +158,13 @@ def _num(v) -> str:
 def cmd_prune(args) -> int:
     """Run :func:`sigprop.run_prune.run_prune` from parsed arguments; print a summary or ``--json``."""
     from sigprop.run_prune import run_prune
-    from sigprop.theory.activations import parse_params
 
     data = None if args.data is not None and args.data.lower() == "none" else args.data
     num_classes = args.num_classes
     if data is None and num_classes is None:
         num_classes = 10
     result = run_prune(
-        model=args.model,
-        depth=args.depth,
-        width=args.width,
-        activation=args.activation,
-        act_params=parse_params(args.param),
-        init=args.init,
-        sigma_w2=args.sigma_w2,
-        sigma_b2=args.sigma_b2,
-        eta=args.eta,
+        **model_kwargs(args),
         method=args.method,
         sparsity=args.sparsity,
         scope=args.scope,
