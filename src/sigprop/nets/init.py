@@ -105,6 +105,7 @@ __all__ = [
     "fans",
     "haar",
     "initialize",
+    "model_activation",
     "orthogonal_",
 ]
 
@@ -143,7 +144,7 @@ def activation_from_module(m: nn.Module) -> Activation | None:
     return None
 
 
-def _resolve_activation(activation=None, act_params: dict | None = None, model: nn.Module | None = None) -> Activation:
+def model_activation(activation=None, act_params: dict | None = None, model: nn.Module | None = None) -> Activation:
     """The :class:`Activation` to initialize for.
 
     ``activation`` may be an Activation, a registry name (with ``act_params``), a
@@ -394,10 +395,10 @@ def initialize(
 
     act = None
     if scheme in _EOC_SCHEMES or activation is not None or act_params:
-        act = _resolve_activation(activation, act_params, model)
+        act = model_activation(activation, act_params, model)
     elif getattr(model, "activation", None) is not None:  # only recorded: the scheme does not use it
         try:
-            act = _resolve_activation(None, None, model)
+            act = model_activation(None, None, model)
         except (TypeError, ValueError):
             act = None
     note = None

@@ -150,10 +150,10 @@ def _eoc_targets(model, layers, activation, sigma_w2, sigma_b2, q_star) -> tuple
         sw = float(check_variance(sigma_w2, "sigma_w2", allow_zero=False))
         return {n: sw for n, _ in layers}, "sigma_w2 argument"
     if activation is not None:
-        from sigprop.nets.init import _resolve_activation
+        from sigprop.nets.init import model_activation
         from sigprop.theory.meanfield import eoc
 
-        act = _resolve_activation(activation, None, model)
+        act = model_activation(activation, None, model)
         if sigma_b2 is not None and q_star is not None:
             raise ValueError("give sigma_b2 or q_star to pick the EOC point, not both")
         if sigma_b2 is not None:
