@@ -642,15 +642,12 @@ def test_depth_scales_with_tiny_bias():
     assert xi_c is None or math.isfinite(xi_c)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="expect_bivariate replaces |c| >= 1 - 1e-12 by c = +-1, fine for E[phi phi] (Lipschitz in c) but "
-    "E[phi' phi'] of a kinked phi has an infinite slope there: relu at c = 1 - 1e-13 is off by 7e-8",
-)
-def test_correlation_slope_near_unit_correlation():
-    c = 1 - 1e-13
-    exact = (math.pi - math.acos(c)) / (2 * math.pi)  # P(u1 > 0, u2 > 0)
-    assert float(expect_bivariate(get_activation("relu"), "dphi", 1.0, 1.0, c)) == pytest.approx(exact, abs=1e-10)
+@pytest.mark.parametrize("c", [1 - 1e-13, 1 - 1e-15, float(np.nextafter(1.0, 0.0)), -1 + 1e-12, -1 + 1e-15])
+def test_correlation_slope_near_unit_correlation(c):
+    # E[phi' phi'] of a kinked phi has an infinite slope at c = +-1, so it must not be snapped to
+    # c = +-1 there (that was off by 7e-8 at 1 - 1e-13). relu: P(u1 > 0, u2 > 0) = 1/2 - acos(c)/(2 pi)
+    exact = (math.pi - math.acos(c)) / (2 * math.pi)
+    assert float(expect_bivariate(get_activation("relu"), "dphi", 1.0, 1.0, c)) == pytest.approx(exact, abs=1e-15)
 
 
 def test_second_moment_is_never_negative():

@@ -351,11 +351,16 @@ def expect_bivariate(act: Activation, what: str, q1, q2, c, act2: Activation | N
             f"expect_bivariate correlation c must lie in [-1, 1], got {c[~(np.abs(c) <= 1)].ravel()[:3].tolist()}"
         )
     s1, s2 = np.sqrt(q1), np.sqrt(q2)
-    # Within 1e-12 of |c| = 1 the rectangle moments lose digits to cancellation (~1e-6 at
-    # 1 - 1e-13); the c = +-1 value is then closer than 1e-11 (R' is bounded there).
-    edge = np.abs(c) >= 1.0 - 1e-12
+    # Within 1e-12 of |c| = 1, E[phi phi] is taken at c = +-1: its slope in c is the bounded
+    # E[phi' phi'], so that is within ~1e-12, while the rectangle moments carry
+    # ~1e-11 of cancellation there. E[phi' phi'] of a kinked phi has an infinite slope at c = +-1
+    # (relu: 1/2 - acos(c)/(2 pi)), so snapping would cost up to ~1e-6; for piecewise-linear
+    # activations the rectangle moments are used up to |c| < 1 instead (error <= 5e-9 at the
+    # last double below 1, ~1e-11 at 1 - 1e-12, against 40-digit references).
+    pl = act.is_piecewise_linear and act2.is_piecewise_linear
+    edge = np.abs(c) >= (1.0 if pl and what == "dphi" else 1.0 - 1e-12)
     rho = np.where(edge, 0.0, c)
-    if act.is_piecewise_linear and act2.is_piecewise_linear:
+    if pl:
         out = _pl_bivariate(act, what, act2, what, s1, s2, rho)
     else:
         out = _quad_bivariate(act, what, act2, what, s1, s2, rho)
