@@ -35,6 +35,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_meanfield.py
+	$(BIN)/python benchmarks/bench_spectrum.py
+	$(BIN)/python benchmarks/bench_pruning.py --model conv --threads 1
+	$(BIN)/python benchmarks/bench_pruning.py --model mlp --threads 1
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache
