@@ -10,7 +10,6 @@ implementation must return exactly the same masks.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -18,25 +17,15 @@ import torch
 from torch import nn
 
 from sigprop.nets import build_model, initialize
-from sigprop.nn_activations import TorchActivation
 from sigprop.pruning import apply_masks, magnitude_scores, make_masks, prunable_parameters, synflow_masks
+from sigprop.pruning.scores import _abs_state_, _linearized_copy
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
-    memo = {}
-    for module in model.modules():  # pruned modules hold a non-leaf `weight` deepcopy refuses
-        for value in vars(module).values():
-            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
-                memo[id(value)] = value.detach().clone()
-    net = copy.deepcopy(model, memo).double().eval()
-    for parent in list(net.modules()):
-        for cname, child in list(parent.named_children()):
-            if isinstance(child, TorchActivation) or type(child).__module__ == "torch.nn.modules.activation":
-                setattr(parent, cname, nn.Identity())
-    with torch.no_grad():
-        for t in net.state_dict().values():
-            if t.is_floating_point():
-                t.abs_()
+    """SynFlow's network: the library's float64 linearized copy with every state tensor made
+    absolute (checked by the conservation-law tests); the reference below differs in the rounds."""
+    net = _linearized_copy(model)
+    _abs_state_(net)
     return net
 
 
