@@ -24,10 +24,12 @@ from torch import nn
 from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
+from . import _outer
 from ._names import SCOPES
 from .scores import (
     Params,
     _abs_state_,
+    _leaf,
     _linearized_copy,
     _params_in_copy,
     _synflow_grads,
@@ -228,6 +230,9 @@ _NUMPY_ON_CPU = True
 _SYNFLOW_SAMPLE = 1 << 13
 #: chunk of SynFlow's fused per-round sweep on the CPU (its operands stay in the L2 cache)
 _SWEEP_CHUNK = 1 << 15
+#: on the CPU, score SynFlow's fully connected layers from their rank-one gradients with the
+#: compiled scan of :mod:`sigprop.pruning._outer` (False: through their gradients, as elsewhere)
+_OUTER_ON_CPU = True
 
 
 class _SynflowState:
@@ -238,26 +243,28 @@ class _SynflowState:
     ``flatnonzero`` are several times faster than torch's on one thread); elsewhere on torch.
     """
 
-    def __init__(self, leaves: list[torch.Tensor]):
-        self.sizes = [p.numel() for p in leaves]
-        self.offsets = [sum(self.sizes[:i]) for i in range(len(leaves))]
+    def __init__(self, sources: list[torch.Tensor]):
+        """``sources``: the model's own prunable leaves; the buffer holds their absolute values in
+        float64 (:func:`_linearized_copy` then makes the copy compute with it, see :meth:`bind`)."""
+        self.sizes = [p.numel() for p in sources]
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(sources))]
         self.n = sum(self.sizes)
-        dev = leaves[0].device
+        dev = sources[0].device
         self.cpu = dev.type == "cpu" and _NUMPY_ON_CPU
         self.w = torch.empty(self.n, dtype=torch.float64, device=dev)
         self.alive = torch.ones(self.n, dtype=torch.bool, device=dev)
         self.w_views, self.copied = [], []
         with torch.no_grad():
-            for p, start in zip(leaves, self.offsets, strict=True):
+            for p, start in zip(sources, self.offsets, strict=True):
                 w = self.w[start : start + p.numel()].view(p.shape)
                 w.copy_(p.detach())
-                if p.is_contiguous() and p.dtype == torch.float64:
-                    p.data = w  # the net computes with the flat buffer itself
-                else:
-                    self.copied.append((p, w))
+                w.abs_()
                 self.w_views.append(w)
         alive = self.alive.numpy() if self.cpu else self.alive
         self.alive_views = [alive[a : a + n] for a, n in zip(self.offsets, self.sizes, strict=True)]
+        self.cand, self.sample_out, self.sample_rc, self.sel = None, None, {}, None
+        # the compiled kernels of sigprop.pruning._outer (numba) run the CPU rounds
+        self.compiled = self.cpu and _OUTER_ON_CPU and _outer.kernels() is not None
         if self.cpu:
             self.w_np = self.w.numpy()
             self.scratch = np.empty(max(self.sizes), dtype=bool)
@@ -269,6 +276,9 @@ class _SynflowState:
         where needed)."""
         out, spans = [], []
         for g, w in zip(grads, self.w_views, strict=True):
+            if isinstance(g, tuple):  # a fully connected layer's (delta, a): see outer_scan
+                out.append(g)
+                continue
             if g is None:
                 sc = torch.zeros_like(w)
             else:
@@ -282,12 +292,65 @@ class _SynflowState:
                     sc = g.mul_(w) if own else g * w  # (in a gradient buffer no other one overlaps)
             sc = sc.reshape(-1)
             out.append(sc.numpy() if self.cpu else sc.abs_())
-        self.pending = [self.cpu] * len(out)
+        self.pending = [self.cpu and not isinstance(sc, tuple) for sc in out]
         return out
+
+    def shared(self, sources: list[torch.Tensor]) -> dict:
+        """``{id(source): view}`` for the contiguous sources, for :func:`_linearized_copy`."""
+        return {id(p): w for p, w in zip(sources, self.w_views, strict=True) if p.is_contiguous()}
+
+    def bind(self, leaves: list[torch.Tensor]) -> None:
+        """The copy's leaves: each computes with its view of the buffer where it can; the others
+        (not contiguous) get the buffer copied back after each prune."""
+        with torch.no_grad():
+            for p, w in zip(leaves, self.w_views, strict=True):
+                if p.data_ptr() == w.data_ptr() and p.dtype == w.dtype and p.shape == w.shape and p.is_contiguous():
+                    continue
+                if p.is_contiguous() and p.dtype == torch.float64 and p.shape == w.shape:
+                    p.data = w
+                else:
+                    p.copy_(w)
+                    self.copied.append((p, w))
+
+    def leaf_w(self, i: int) -> np.ndarray:
+        """Leaf ``i``'s flat weights (numpy view of the buffer; CPU)."""
+        return self.w_np[self.offsets[i] : self.offsets[i] + self.sizes[i]]
+
+    def candidates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Scratch for the candidates of a round: flat positions (int64) and scores (float64),
+        room for every entry (allocated on first use; only the used part is ever touched)."""
+        if self.cand is None:
+            self.cand = (np.empty(self.n, dtype=np.int64), np.empty(self.n, dtype=np.float64))
+        return self.cand
+
+    def selected(self) -> np.ndarray:
+        """Scratch for the positions a round prunes."""
+        if self.sel is None:
+            self.sel = np.empty(self.n, dtype=np.int64)
+        return self.sel
+
+    def outer_scan(self, i: int, sc: tuple, hi: float, n: int) -> int:
+        """Leaf ``i`` a fully connected layer scored as ``sc = (delta, a)``: append its alive
+        entries with score not above ``hi`` to :meth:`candidates` after the first ``n``; returns
+        the new count."""
+        pos, val = self.candidates()
+        return _outer.scan(self.leaf_w(i), sc[0], sc[1], hi, self.offsets[i], pos, val, n)
+
+    def outer_sample(self, i: int, sc: tuple, smp: np.ndarray) -> np.ndarray:
+        """Scores of the alive entries at the sample positions ``smp`` of leaf ``i`` (a fully
+        connected layer scored as ``sc = (delta, a)``)."""
+        delta, a = sc
+        key = (i, smp.ctypes.data, len(smp))
+        if key not in self.sample_rc:
+            self.sample_rc[key] = (smp // a.size, smp % a.size)
+        if self.sample_out is None or len(self.sample_out) < len(smp):
+            self.sample_out = np.empty(max(len(smp), _SYNFLOW_SAMPLE), dtype=np.float64)
+        rows, cols = self.sample_rc[key]
+        return _outer.sample(self.leaf_w(i), delta, a, rows, cols, smp, self.sample_out)
 
     def score_leaf(self, i: int, sc) -> None:
         """On the CPU: make leaf ``i``'s raw gradient ``sc`` its signed score ``w g`` (once)."""
-        if self.pending[i]:
+        if self.pending[i] and not isinstance(sc, tuple):
             np.multiply(sc, self.w_np[self.offsets[i] : self.offsets[i] + self.sizes[i]], out=sc)
             self.pending[i] = False
 
@@ -295,8 +358,10 @@ class _SynflowState:
         """Prune the flat positions ``pos``: zero their weights, mark them dead."""
         if len(pos) == 0:
             return
-        if self.cpu:
-            self.w_np[pos] = 0.0
+        if self.compiled:
+            _outer.prune(self.w_np, self.alive.numpy(), pos)
+        elif self.cpu:
+            self.w_np[pos] = -0.0  # zero, and dead to the compiled scan (alive weights are >= +0)
             self.alive.numpy()[pos] = False
         else:
             self.w[pos] = 0.0
@@ -308,6 +373,8 @@ class _SynflowState:
     def has_nan(self, i: int, sc) -> bool:
         """Whether an alive entry of leaf ``i`` has a NaN score."""
         a = self.alive_views[i]
+        if isinstance(sc, tuple):
+            return self.outer_scan(i, sc, -math.inf, 0) > 0  # not (score > -inf): NaN
         if self.cpu:
             self.score_leaf(i, sc)
             return bool(np.isnan(sc[a]).any())
@@ -344,15 +411,20 @@ def _lowest_np(vals: np.ndarray, m: int) -> np.ndarray:
 
 def _lowest_alive_np(st: _SynflowState, layers: list[int], scores: list, n_alive: int, m: int, sample):
     """CPU version of :func:`_lowest_alive` on numpy views; ``scores`` are raw gradients (see
-    :meth:`_SynflowState.scores`). One sweep over each leaf, chunk by chunk, makes the scores and
-    finds the candidates."""
-    cand = None
+    :meth:`_SynflowState.scores`) or, for fully connected layers, ``(delta, a)`` pairs scanned by
+    :meth:`_SynflowState.outer_scan`. One sweep over each leaf, chunk by chunk, makes the scores
+    and finds the candidates; they are gathered in :meth:`_SynflowState.candidates`."""
+    pos, val = st.candidates()
+    n = -1  # the number of candidates; -1: none bracketed
     if sample is not None and n_alive >= _BRACKET_MIN:
         parts, signed = [], []
         for i in layers:
-            smp = sample[i]
-            w = st.w_np[st.offsets[i] : st.offsets[i] + st.sizes[i]]
-            g = scores[i]
+            smp, g = sample[i], scores[i]
+            if isinstance(g, tuple):
+                signed.append(False)
+                parts.append(st.outer_sample(i, g, smp))
+                continue
+            w = st.leaf_w(i)
             v = (g[smp] * w[smp]) if st.pending[i] else g[smp]
             v = v[st.alive_views[i][smp]]
             signed.append(bool((v < 0).any()))  # negative gradients seen: take |w g| of the leaf
@@ -361,12 +433,15 @@ def _lowest_alive_np(st: _SynflowState, layers: list[int], scores: list, n_alive
         r = _bracket_rank(len(vals), m, n_alive)
         if len(vals) >= 256 and r < len(vals):
             hi = np.partition(vals, r)[r]
-            cand = []
+            n = 0
             for i, neg in zip(layers, signed, strict=True):
+                if isinstance(scores[i], tuple):
+                    n = st.outer_scan(i, scores[i], hi, n)
+                    continue
                 # alive and not (score > hi): the entries <= hi, the NaN ones and (for a leaf
                 # left signed) the negative ones; a superset of the alive entries <= hi
                 g, alive, size = scores[i], st.alive_views[i], st.sizes[i]
-                w = st.w_np[st.offsets[i] : st.offsets[i] + size]
+                w = st.leaf_w(i)
                 buf, pending = st.scratch[:size], st.pending[i]
                 for c0 in range(0, size, _SWEEP_CHUNK):
                     c1 = min(c0 + _SWEEP_CHUNK, size)
@@ -378,18 +453,32 @@ def _lowest_alive_np(st: _SynflowState, layers: list[int], scores: list, n_alive
                     np.greater(gc, hi, out=bc)
                     np.greater(alive[c0:c1], bc, out=bc)
                 st.pending[i] = False
-                cand.append(np.flatnonzero(buf))
-            if sum(len(c) for c in cand) < m:
-                cand = None
-    if cand is None:
+                n = _append(pos, val, n, np.flatnonzero(buf), g, st.offsets[i])
+            if n < m:
+                n = -1
+    if n < 0:
+        n = 0
         for i in layers:
-            st.score_leaf(i, scores[i])
-        cand = [np.flatnonzero(st.alive_views[i]) for i in layers]
-    vals = np.abs(np.concatenate([scores[i][c] for i, c in zip(layers, cand, strict=True)]))
+            if isinstance(scores[i], tuple):
+                n = st.outer_scan(i, scores[i], math.inf, n)
+            else:
+                st.score_leaf(i, scores[i])
+                n = _append(pos, val, n, np.flatnonzero(st.alive_views[i]), scores[i], st.offsets[i])
+    if st.compiled:
+        return _outer.select(pos, val, n, m, st.selected())
+    vals = val[:n]
+    np.abs(vals, out=vals)
     if np.isnan(vals).any():
         raise ValueError("scores contain NaN")
-    pos = np.concatenate([c + st.offsets[i] for i, c in zip(layers, cand, strict=True)])
-    return pos[_lowest_np(vals, m)]
+    return pos[:n][_lowest_np(vals, m)]
+
+
+def _append(pos: np.ndarray, val: np.ndarray, n: int, local: np.ndarray, scores: np.ndarray, offset: int) -> int:
+    """Append the positions ``local`` of a leaf (flat offset ``offset``) and their ``scores``."""
+    k = n + len(local)
+    np.add(local, offset, out=pos[n:k])
+    np.take(scores, local, out=val[n:k])
+    return k
 
 
 def _lowest_alive(st: _SynflowState, layers: list[int], scores: list, n_alive: int, m: int, sample):
@@ -424,6 +513,75 @@ def _lowest_alive(st: _SynflowState, layers: list[int], scores: list, n_alive: i
     return pos[~keep]
 
 
+def _outer_layers(net: nn.Module, named_copy, leaves, st: _SynflowState, in_shape) -> dict[int, nn.Linear]:
+    """The leaves scored by the compiled scan (:mod:`sigprop.pruning._outer`): on the CPU, the
+    weight of a plain ``nn.Linear`` without forward pre-hooks whose leaf is the weight itself
+    (not a pruned ``weight_orig``) and a view of the flat buffer, called exactly once by the
+    forward pass, on a single input row (checked by a probe pass). ``{leaf index: module}``."""
+    if not st.compiled:
+        return {}
+    copied = {id(p) for p, _ in st.copied}
+    found = {
+        i: m
+        for i, ((_, m, t), p) in enumerate(zip(named_copy, leaves, strict=True))
+        if type(m) is nn.Linear and t == "weight" and m.weight is p and id(p) not in copied and not m._forward_pre_hooks
+    }
+    if not found:
+        return {}
+    calls = {id(m): [] for m in found.values()}
+
+    def probe(mod, inp, out):
+        calls[id(mod)].append(len(inp) == 1 and inp[0].numel() == mod.in_features and out.numel() == mod.out_features)
+
+    handles = [m.register_forward_hook(probe) for m in found.values()]
+    try:
+        with torch.no_grad():
+            net(torch.ones((1, *in_shape), dtype=torch.float64, device=st.w.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {i: m for i, m in found.items() if calls[id(m)] == [True]}
+
+
+class _OuterHooks:
+    """Forward hooks on the fully connected layers scored by the compiled scan: they record each
+    layer's input and output and make the output require grad (a leaf when nothing before it
+    does), so that one backward pass gives ``delta`` at each layer without building the
+    weight gradients."""
+
+    def __init__(self, outer: dict[int, nn.Linear]):
+        self.outer, self.seen = outer, {}
+        self.handles = [m.register_forward_hook(self._hook) for m in outer.values()]
+
+    def _hook(self, mod, inp, out):
+        if not out.requires_grad:
+            out.requires_grad_()
+        self.seen[id(mod)] = (inp[0], out)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def grads(self, net: nn.Module, leaves, in_shape: tuple[int, ...]) -> list:
+        """Per leaf: its gradient (None where unused), or ``(delta, a)`` (flat float64 numpy
+        arrays) for a layer of ``outer``."""
+        self.seen.clear()
+        x = torch.ones((1, *in_shape), dtype=torch.float64, device=leaves[0].device)
+        total = net(x).sum()
+        rest = [i for i in range(len(leaves)) if i not in self.outer]
+        outs = [self.seen[id(m)][1] for m in self.outer.values()]
+        gs = torch.autograd.grad(total, [leaves[i] for i in rest] + outs, allow_unused=True)
+        out = [None] * len(leaves)
+        for i, g in zip(rest, gs, strict=False):
+            out[i] = g
+        for (i, m), g in zip(self.outer.items(), gs[len(rest) :], strict=True):
+            a = self.seen[id(m)][0].detach().reshape(-1)
+            delta = g.detach().reshape(-1) if g is not None else torch.zeros(m.out_features, dtype=a.dtype)
+            out[i] = (np.ascontiguousarray(delta.numpy()), np.ascontiguousarray(a.numpy()))
+        self.seen.clear()
+        return out
+
+
 def synflow_masks(
     model: nn.Module,
     in_shape: Sequence[int],
@@ -456,13 +614,18 @@ def synflow_masks(
         raise ValueError(f"unknown scope {scope!r}; choose 'global' or 'layerwise'")
     in_shape = tuple(int(d) for d in in_shape)
     named = named_prunable(model, params)
-    net = _linearized_copy(model)
+    if not named:
+        raise ValueError("no prunable tensor to score")
+    sources = [_leaf(m, t) for _, m, t in named]
+    st = _SynflowState(sources)
+    net = _linearized_copy(model, st.shared(sources))  # its prunable leaves: views of st.w
     _abs_state_(net)
     named_copy = named_prunable(net, _params_in_copy(model, net, named))
-    if not named_copy:
-        raise ValueError("no prunable tensor to score")
     leaves = _synflow_leaves(net, named_copy)
-    st = _SynflowState(leaves)
+    st.bind(leaves)
+    outer = _outer_layers(net, named_copy, leaves, st, in_shape)
+    for i in outer:
+        leaves[i].requires_grad_(False)  # scored from (delta, a): no weight gradient to build
     # the leaves ranked together: all (global) or each alone (layerwise)
     segs = [list(range(len(leaves)))] if scope == "global" else [[i] for i in range(len(leaves))]
     n_alive = [sum(st.sizes[i] for i in seg) for seg in segs]
@@ -473,24 +636,29 @@ def synflow_masks(
             for i, pos in zip(seg, _sample_positions([st.sizes[i] for i in seg]), strict=True):
                 smp[i] = pos.numpy() if st.cpu else pos.to(st.w.device)
         samples.append(smp if size >= _BRACKET_MIN else None)
-    for k in tqdm(range(1, rounds + 1), desc="synflow", disable=not progress, file=sys.stderr):
-        s_k = s if k == rounds else 1.0 - (1.0 - s) ** (k / rounds)
-        kept = [round((1.0 - s_k) * n) for n in (sum(st.sizes[i] for i in seg) for seg in segs)]
-        if k < rounds and kept == n_alive:
-            continue
-        with torch.enable_grad():
-            grads = _synflow_grads(net, leaves, in_shape)
-        scores = st.scores(grads)
-        del grads
-        with np.errstate(all="ignore"):  # inf * 0 = NaN (overflow) is reported below, not warned
-            for j, seg in enumerate(segs):
-                m = n_alive[j] - kept[j]
-                if m > 0:
-                    st.prune(_lowest_alive(st, seg, scores, n_alive[j], m, samples[j]))
-                    n_alive[j] = kept[j]
-                elif any(st.has_nan(i, scores[i]) for i in seg):
-                    raise ValueError("scores contain NaN")
-        del scores  # free the gradient buffers before the next pass allocates its own
+    hooks = _OuterHooks(outer) if outer else None
+    try:
+        for k in tqdm(range(1, rounds + 1), desc="synflow", disable=not progress, file=sys.stderr):
+            s_k = s if k == rounds else 1.0 - (1.0 - s) ** (k / rounds)
+            kept = [round((1.0 - s_k) * n) for n in (sum(st.sizes[i] for i in seg) for seg in segs)]
+            if k < rounds and kept == n_alive:
+                continue
+            with torch.enable_grad():
+                grads = hooks.grads(net, leaves, in_shape) if hooks else _synflow_grads(net, leaves, in_shape)
+            scores = st.scores(grads)
+            del grads
+            with np.errstate(all="ignore"):  # inf * 0 = NaN (overflow) is reported below, not warned
+                for j, seg in enumerate(segs):
+                    m = n_alive[j] - kept[j]
+                    if m > 0:
+                        st.prune(_lowest_alive(st, seg, scores, n_alive[j], m, samples[j]))
+                        n_alive[j] = kept[j]
+                    elif any(st.has_nan(i, scores[i]) for i in seg):
+                        raise ValueError("scores contain NaN")
+            del scores  # free the gradient buffers before the next pass allocates its own
+    finally:
+        if hooks:
+            hooks.remove()
     return {
         name: mask.view(w.shape)
         for (name, _, _), w, mask in zip(named_copy, st.w_views, st.alive.split(st.sizes), strict=True)

@@ -259,8 +259,12 @@ def _is_activation(module: nn.Module) -> bool:
     return isinstance(module, TorchActivation) or type(module).__module__ == "torch.nn.modules.activation"
 
 
-def _linearized_copy(model: nn.Module) -> nn.Module:
-    """Float64 eval-mode deep copy with activations replaced by the identity."""
+def _linearized_copy(model: nn.Module, shared: dict | None = None) -> nn.Module:
+    """Float64 eval-mode deep copy with activations replaced by the identity.
+
+    ``shared`` maps ``id(parameter)`` of the model to a float64 tensor of its shape that the copy
+    uses as that parameter's data (no second copy of it is made).
+    """
     # a pruned module holds its masked weight as a non-leaf attribute, which deepcopy refuses;
     # copy those as plain detached tensors (the pruning pre-hook recomputes them on forward)
     memo = {}
@@ -268,6 +272,10 @@ def _linearized_copy(model: nn.Module) -> nn.Module:
         for value in vars(module).values():
             if isinstance(value, torch.Tensor) and value.grad_fn is not None:
                 memo[id(value)] = value.detach().clone()
+    if shared:
+        for p in model.parameters():
+            if id(p) in shared:
+                memo[id(p)] = nn.Parameter(shared[id(p)], requires_grad=p.requires_grad)
     net = copy.deepcopy(model, memo).double().eval()
     for parent in list(net.modules()):
         for cname, child in list(parent.named_children()):

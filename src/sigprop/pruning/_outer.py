@@ -1,0 +1,166 @@
+"""SynFlow's per-round scan of a fully connected layer, compiled with numba (CPU).
+
+With a batch of one, the gradient of a ``Linear`` weight is the outer product ``g = delta a^T``
+(``delta`` the gradient at the layer's output, ``a`` its input): autograd builds it as a matrix
+product with an inner dimension of one, so each entry is the single rounded product
+``delta_i * a_j``. SynFlow's score ``|w_ij g_ij|`` is therefore ``|w_ij * (delta_i * a_j)|``
+exactly, bit for bit, and never needs the gradient matrix: :func:`outer_candidates` reads the
+weights and the alive mask once, in blocks of rows that stay in the L1/L2 cache, and returns the
+alive entries whose score is not above a threshold (NaN included), with their scores. A pruned
+entry holds -0.0, which computes as 0 and marks it dead without a separate mask to read (every
+weight of SynFlow's network is made nonnegative, so an alive one has its sign bit clear).
+
+numba is imported on first use; :func:`kernels` returns None when it cannot be (the caller then
+takes the gradient route, which gives the same masks, only slower).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: de Bruijn table: index of the single set bit of a power of two ``b`` at
+#: ``(b * 0x03F79D71B4CB0A89) >> 58``
+_DEBRUIJN = np.array(
+    [0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43, 22, 45, 39, 33, 30, 24, 18, 12, 5,
+     63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11, 46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6],
+    dtype=np.int64,
+)  # fmt: skip
+
+_KERNELS = []  # [(scan, sample, select, prune) compiled, or None], filled on first use
+
+
+def _scan(w, delta, a, hi, offset, db, pos, val, n):  # pragma: no cover - compiled by numba
+    """The alive entries ``k = i * len(a) + j`` of the row-major ``w`` (alive: sign bit clear;
+    a pruned entry holds -0.0) with ``not (|w_k (delta_i a_j)| > hi)``, in increasing ``k``:
+    ``offset + k`` into ``pos[n:]``, the scores into ``val[n:]``; returns the new ``n``.
+
+    Blocks of rows: a vectorized pass writes the 0/1 flags of the block into a byte buffer; the
+    flags are packed 64 to a word (eight bytes of 0/1 times 0x0102040810204080 put their eight
+    flags in the top byte) and the set bits are walked with the de Bruijn table.
+    """
+    c = a.size
+    r = delta.size
+    bits_of = w.view(np.int64)
+    rows = max(1, 16384 // c)
+    buf = np.zeros(rows * c + 64, dtype=np.uint8)
+    flags = buf.view(np.bool_)
+    gather = np.uint64(0x0102040810204080)
+    debruijn = np.uint64(0x03F79D71B4CB0A89)
+    for r0 in range(0, r, rows):
+        r1 = min(r0 + rows, r)
+        base = r0 * c
+        length = (r1 - r0) * c
+        for i in range(r0, r1):
+            di = delta[i]
+            o = i * c
+            wr = w[o : o + c]
+            br = bits_of[o : o + c]
+            fr = flags[o - base : o - base + c]
+            for j in range(c):
+                s = abs(wr[j] * (di * a[j]))
+                fr[j] = (br[j] >= 0) & (not (s > hi))
+        words = (length + 63) // 64
+        for t in range(length, words * 64):
+            buf[t] = 0
+        b8 = buf[: words * 64].view(np.uint64)
+        i = r0
+        for q in range(words):
+            bits = np.uint64(0)
+            for u in range(8):
+                bits |= ((b8[8 * q + u] * gather) >> np.uint64(56)) << np.uint64(8 * u)
+            while bits:
+                low = bits & (~bits + np.uint64(1))
+                k = base + q * 64 + db[(low * debruijn) >> np.uint64(58)]
+                while k >= (i + 1) * c:
+                    i += 1
+                pos[n] = offset + k
+                val[n] = abs(w[k] * (delta[i] * a[k - i * c]))
+                n += 1
+                bits ^= low
+    return n
+
+
+def _sample(w, delta, a, rows, cols, smp, out):  # pragma: no cover - compiled by numba
+    """Scores ``|w_k (delta_i a_j)|`` of the alive entries among the positions ``smp`` (rows
+    ``rows``, columns ``cols``) into ``out``; returns their number."""
+    bits_of = w.view(np.int64)
+    n = 0
+    for t in range(smp.size):
+        k = smp[t]
+        if bits_of[k] >= 0:
+            out[n] = abs(w[k] * (delta[rows[t]] * a[cols[t]]))
+            n += 1
+    return n
+
+
+def _select(pos, val, n, m, thr, sel):  # pragma: no cover - compiled by numba
+    """Into ``sel``: the ``pos`` of the candidates with score ``val < thr``, then those with
+    ``val == thr`` from the last one back, ``m`` in all. Returns the number found (m unless
+    ``thr`` is not the m-th lowest)."""
+    cnt = 0
+    for t in range(n):
+        if val[t] < thr:
+            sel[cnt] = pos[t]
+            cnt += 1
+    t = n - 1
+    while cnt < m and t >= 0:
+        if val[t] == thr:
+            sel[cnt] = pos[t]
+            cnt += 1
+        t -= 1
+    return cnt
+
+
+def _prune(w, alive, sel):  # pragma: no cover - compiled by numba
+    """Prune the flat positions ``sel``: weight -0.0 (zero, and dead to the scan), not alive."""
+    for t in range(sel.size):
+        w[sel[t]] = -0.0
+        alive[sel[t]] = False
+
+
+def kernels():
+    """The compiled ``(scan, sample, select, prune)``, or None when numba is not available."""
+    if not _KERNELS:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is a dependency
+            _KERNELS.append(None)
+        else:
+            jit = numba.njit(cache=True, nogil=True)
+            _KERNELS.append((jit(_scan), jit(_sample), jit(_select), jit(_prune)))
+    return _KERNELS[0]
+
+
+def scan(w, delta, a, hi: float, offset: int, pos: np.ndarray, val: np.ndarray, n: int) -> int:
+    """Append to ``pos[n:]`` / ``val[n:]`` the flat positions (``offset`` + position in ``w``)
+    and scores of the alive entries of the flat row-major ``w`` (rows ``len(delta)``, columns
+    ``len(a)``, pruned entries -0.0) whose score ``|w_ij (delta_i a_j)|`` is not above ``hi``, in
+    increasing position; returns the new count. ``hi = inf`` gives every alive entry, ``hi =
+    -inf`` the NaN ones. ``pos`` / ``val`` must have room for every alive entry."""
+    return kernels()[0](w, delta, a, float(hi), offset, _DEBRUIJN, pos, val, n)
+
+
+def sample(w, delta, a, rows, cols, smp, out) -> np.ndarray:
+    """The scores of the alive entries at the positions ``smp`` of ``w`` (their rows and columns
+    ``rows``, ``cols``), a view into the scratch ``out``."""
+    return out[: kernels()[1](w, delta, a, rows, cols, smp, out)]
+
+
+def select(pos: np.ndarray, val: np.ndarray, n: int, m: int, sel: np.ndarray) -> np.ndarray:
+    """The positions of the ``m`` lowest of the ``n`` candidates ``(pos, val)`` (scores made
+    absolute in place; ties: the later candidates first), a view into ``sel``; ValueError if a
+    score is NaN."""
+    v = val[:n]
+    np.abs(v, out=v)
+    if np.isnan(v).any():
+        raise ValueError("scores contain NaN")
+    thr = np.partition(v, m - 1)[m - 1]  # numpy's introselect (numba's partition is much slower)
+    found = kernels()[2](pos, val, n, m, thr, sel)
+    if found != m:  # pragma: no cover - cannot happen: thr is the m-th lowest
+        raise AssertionError(f"selected {found} of {m}")
+    return sel[:m]
+
+
+def prune(w: np.ndarray, alive: np.ndarray, sel: np.ndarray) -> None:
+    """Set ``w[sel] = -0.0`` and ``alive[sel] = False``."""
+    kernels()[3](w, alive, sel)
