@@ -111,11 +111,17 @@ def _select(pos, val, n, m, thr, sel):  # pragma: no cover - compiled by numba
     return cnt
 
 
-def _prune(w, alive, sel):  # pragma: no cover - compiled by numba
-    """Prune the flat positions ``sel``: weight -0.0 (zero, and dead to the scan), not alive."""
+def _prune(w, alive, sel, tracked):  # pragma: no cover - compiled by numba
+    """Prune the flat positions ``sel``: weight -0.0 (zero, and dead to the scans); not alive
+    where they fall in one of the ``[start, stop)`` rows of ``tracked`` (elsewhere the sign bit is
+    the record, and the mask array is left alone: it stays out of the cache)."""
     for t in range(sel.size):
-        w[sel[t]] = -0.0
-        alive[sel[t]] = False
+        p = sel[t]
+        w[p] = -0.0
+        for q in range(tracked.shape[0]):
+            if tracked[q, 0] <= p < tracked[q, 1]:
+                alive[p] = False
+                break
 
 
 def kernels():
@@ -161,6 +167,7 @@ def select(pos: np.ndarray, val: np.ndarray, n: int, m: int, sel: np.ndarray) ->
     return sel[:m]
 
 
-def prune(w: np.ndarray, alive: np.ndarray, sel: np.ndarray) -> None:
-    """Set ``w[sel] = -0.0`` and ``alive[sel] = False``."""
-    kernels()[3](w, alive, sel)
+def prune(w: np.ndarray, alive: np.ndarray, sel: np.ndarray, tracked: np.ndarray) -> None:
+    """Set ``w[sel] = -0.0``, and ``alive[sel] = False`` for the positions in the ranges
+    ``tracked`` (an ``(k, 2)`` int64 array of ``[start, stop)``)."""
+    kernels()[3](w, alive, sel, tracked)

@@ -263,6 +263,7 @@ class _SynflowState:
         alive = self.alive.numpy() if self.cpu else self.alive
         self.alive_views = [alive[a : a + n] for a, n in zip(self.offsets, self.sizes, strict=True)]
         self.cand, self.sample_out, self.sample_rc, self.sel = None, None, {}, None
+        self.outer, self.tracked = set(), np.zeros((0, 2), dtype=np.int64)
         # the compiled kernels of sigprop.pruning._outer (numba) run the CPU rounds
         self.compiled = self.cpu and _OUTER_ON_CPU and _outer.kernels() is not None
         if self.cpu:
@@ -359,7 +360,7 @@ class _SynflowState:
         if len(pos) == 0:
             return
         if self.compiled:
-            _outer.prune(self.w_np, self.alive.numpy(), pos)
+            _outer.prune(self.w_np, self.alive.numpy(), pos, self.tracked)
         elif self.cpu:
             self.w_np[pos] = -0.0  # zero, and dead to the compiled scan (alive weights are >= +0)
             self.alive.numpy()[pos] = False
@@ -369,6 +370,20 @@ class _SynflowState:
         with torch.no_grad():
             for p, w in self.copied:
                 p.copy_(w)
+
+    def set_outer(self, outer) -> None:
+        """The leaves scored by the compiled scan: their alive mask is their weights' sign bit
+        during the rounds (see :meth:`finish`); the others keep the mask array up to date."""
+        self.outer = set(outer)
+        self.tracked = np.array(
+            [[a, a + n] for i, (a, n) in enumerate(zip(self.offsets, self.sizes, strict=True)) if i not in self.outer],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+
+    def finish(self) -> None:
+        """The alive mask of the compiled scan's leaves, from their weights' sign bits."""
+        for i in self.outer:
+            np.logical_not(np.signbit(self.leaf_w(i)), out=self.alive_views[i])
 
     def has_nan(self, i: int, sc) -> bool:
         """Whether an alive entry of leaf ``i`` has a NaN score."""
@@ -624,6 +639,7 @@ def synflow_masks(
     leaves = _synflow_leaves(net, named_copy)
     st.bind(leaves)
     outer = _outer_layers(net, named_copy, leaves, st, in_shape)
+    st.set_outer(outer)
     for i in outer:
         leaves[i].requires_grad_(False)  # scored from (delta, a): no weight gradient to build
     # the leaves ranked together: all (global) or each alone (layerwise)
@@ -659,6 +675,7 @@ def synflow_masks(
     finally:
         if hooks:
             hooks.remove()
+    st.finish()
     return {
         name: mask.view(w.shape)
         for (name, _, _), w, mask in zip(named_copy, st.w_views, st.alive.split(st.sizes), strict=True)
