@@ -1,0 +1,174 @@
+"""SynFlow's compiled CPU rounds (``sigprop.pruning._outer``, numba).
+
+The kernels against brute-force numpy, and ``synflow_masks`` with the compiled route against the
+plain reference of ``test_synflow_fast`` (Algorithm 1 written out with autograd) and against the
+gradient route, on the nets where the route applies in part or not at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sigprop.pruning.masks as masks_mod
+from sigprop.nets import build_model
+from sigprop.pruning import _outer, apply_masks, magnitude_scores, make_masks, prunable_parameters, synflow_masks
+from sigprop.pruning.scores import _abs_state_, _leaf, _linearized_copy, _params_in_copy, named_prunable
+from test_synflow_fast import _mlp, assert_same, reference_synflow
+
+
+def _brute(w, delta, a, hi):
+    """Alive (sign bit clear) entries of w with not (|w (delta a)| > hi): positions, scores."""
+    s = np.abs(w.reshape(len(delta), len(a)) * (delta[:, None] * a[None, :])).reshape(-1)
+    keep = ~np.signbit(w) & ~(s > hi)
+    return np.flatnonzero(keep), s[keep]
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (33, 65), (4, 20000), (300, 129)])
+def test_scan_is_the_brute_force_selection(shape):
+    rng = np.random.default_rng(sum(shape))
+    r, c = shape
+    w = np.abs(rng.standard_normal(r * c))
+    w[rng.random(r * c) < 0.3] = -0.0  # pruned
+    w[rng.random(r * c) < 0.01] = 0.0  # alive, score 0
+    delta = rng.standard_normal(r)
+    delta[rng.random(r) < 0.1] = 0.0
+    a = rng.standard_normal(c)
+    store = (np.empty(r * c + 5, dtype=np.int64), np.empty(r * c + 5, dtype=np.float64))
+    s_all = np.abs(w.reshape(r, c) * (delta[:, None] * a[None, :])).reshape(-1)
+    for hi in (np.quantile(s_all, 0.05), np.quantile(s_all, 0.6), 0.0, np.inf, -np.inf):
+        n0 = 5  # appended after what is there
+        n = _outer.scan(w, delta, a, hi, 1000, *store, n0)
+        pos, val = _brute(w, delta, a, hi)
+        np.testing.assert_array_equal(store[0][n0:n], pos + 1000)
+        np.testing.assert_array_equal(store[1][n0:n], val)  # bit for bit
+
+
+def test_scan_reports_nan_scores_and_skips_dead_nan():
+    w = np.array([1.0, 0.0, 2.0, -0.0, 3.0, 0.0])
+    delta = np.array([np.inf, 1.0])
+    a = np.array([1.0, 0.0, 1.0])
+    pos, val = np.empty(6, dtype=np.int64), np.empty(6)
+    # row 0: inf*1 = inf, 0*(inf*0) = nan, 2*inf = inf; row 1: dead, 3*0 = 0, 0*1 = 0
+    n = _outer.scan(w, delta, a, -np.inf, 0, pos, val, 0)
+    assert pos[:n].tolist() == [1]
+    n = _outer.scan(w, delta, a, 1.0, 0, pos, val, 0)
+    assert pos[:n].tolist() == [1, 4, 5]
+    assert np.isnan(val[0]) and val[1:3].tolist() == [0.0, 0.0]
+
+
+def test_select_takes_the_lowest_and_the_last_ties():
+    # candidates come in increasing position (as the scans append them); ties at the m-th
+    # lowest score: the later positions go first, as in make_masks
+    rng = np.random.default_rng(0)
+    pos = np.sort(rng.choice(1000, 40, replace=False)).astype(np.int64)
+    val = np.where(np.arange(40) % 3 == 0, 1.0, np.where(rng.random(40) < 0.5, 0.5, 2.0))
+    sel = np.empty(40, dtype=np.int64)
+    below = pos[val < 1.0].tolist()
+    tied = pos[val == 1.0].tolist()
+    for m in (len(below), len(below) + 1, len(below) + 5, len(below) + len(tied)):
+        got = sorted(_outer.select(pos, -val.copy(), 40, m, sel).tolist())  # scores made |.|
+        want = sorted(below + tied[len(tied) - (m - len(below)) :]) if m > len(below) else below
+        assert got == want
+    bad = val.copy()
+    bad[7] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        _outer.select(pos, bad, 40, 3, sel)
+
+
+def test_prune_writes_the_mask_only_in_tracked_ranges():
+    w = np.ones(10)
+    alive = np.ones(10, dtype=bool)
+    _outer.prune(w, alive, np.array([1, 4, 8], dtype=np.int64), np.array([[3, 6]], dtype=np.int64))
+    assert np.signbit(w).tolist() == [i in (1, 4, 8) for i in range(10)]
+    assert (w[[1, 4, 8]] == 0).all()
+    assert alive.tolist() == [i != 4 for i in range(10)]
+
+
+def _routes(model, in_shape):
+    """Indices of the leaves the compiled route scores, for the default prunable tensors."""
+    named = named_prunable(model)
+    sources = [_leaf(m, t) for _, m, t in named]
+    st = masks_mod._SynflowState(sources)
+    net = _linearized_copy(model, st.shared(sources))
+    _abs_state_(net)
+    named_copy = named_prunable(net, _params_in_copy(model, net, named))
+    leaves = [_leaf(m, t) for _, m, t in named_copy]
+    st.bind(leaves)
+    return sorted(masks_mod._outer_layers(net, named_copy, leaves, st, in_shape))
+
+
+def _same_by_both_routes(monkeypatch, model, in_shape, sparsity, rounds, **kw):
+    ref = reference_synflow(model, in_shape, sparsity, rounds=rounds, **kw)
+    assert_same(synflow_masks(model, in_shape, sparsity, rounds=rounds, **kw), ref)
+    with monkeypatch.context() as mp:
+        mp.setattr(masks_mod, "_OUTER_ON_CPU", False)
+        assert_same(synflow_masks(model, in_shape, sparsity, rounds=rounds, **kw), ref)
+
+
+class _Shared(nn.Module):
+    """One Linear used twice: its gradient is a sum of two outer products (not rank one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(12, 16)
+        self.mid = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.out(self.mid(self.mid(self.inp(x))))
+
+
+class _Tokens(nn.Module):
+    """A Linear applied to a sequence of 4 rows: not a single input row."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(6, 10)
+        self.head = nn.Linear(40, 2)
+
+    def forward(self, x):
+        return self.head(self.emb(x.reshape(x.shape[0], 4, 6)).reshape(x.shape[0], -1))
+
+
+def test_the_route_applies_to_single_row_linears_only():
+    assert _routes(_mlp(12, 16, 3), (12,)) == [0, 1, 2, 3]
+    assert _routes(_Shared(), (12,)) == [0, 2]
+    assert _routes(_Tokens(), (24,)) == [1]
+    vcnn = build_model("vcnn", in_shape=(3, 8, 8), num_classes=4, depth=2, width=8)
+    assert _routes(vcnn, (3, 8, 8)) == [len(prunable_parameters(vcnn)) - 1]  # the readout
+    pruned = _mlp(12, 16, 2)
+    apply_masks(pruned, make_masks(magnitude_scores(pruned), 0.5))
+    assert _routes(pruned, (12,)) == []  # weight_orig leaves: the gradient route
+
+
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+def test_compiled_route_gives_the_reference_masks(monkeypatch, scope):
+    model = _mlp(300, 300, 2, seed=3)  # > 65536 weights: the sampled bracket runs
+    with torch.no_grad():
+        model.layers[1].weight[:5] = -0.0  # alive, score 0 (the copy makes them +0.0)
+        model.layers[0].bias.fill_(0.3)
+    _same_by_both_routes(monkeypatch, model, (300,), 0.95, 40, scope=scope)
+    torch.manual_seed(1)
+    for net, shape in ((_Shared(), (12,)), (_Tokens(), (24,))):
+        _same_by_both_routes(monkeypatch, net, shape, 0.8, 12, scope=scope)
+
+
+def test_compiled_route_with_bias_leaves_and_a_pruned_model(monkeypatch):
+    # biases prunable too: they go the gradient route, the weights the compiled one, ranked
+    # together; then SynFlow again on the masked model (weight_orig leaves)
+    model = _mlp(280, 280, 2, seed=4)
+    params = prunable_parameters(model, include_bias=True)
+    _same_by_both_routes(monkeypatch, model, (280,), 0.9, 25, params=params)
+    apply_masks(model, make_masks(magnitude_scores(model), 0.3))
+    _same_by_both_routes(monkeypatch, model, (280,), 0.9, 25)
+
+
+def test_without_numba_the_gradient_route_runs(monkeypatch):
+    model = _mlp(40, 30, 2, seed=5)
+    want = reference_synflow(model, (40,), 0.9, rounds=20)
+    monkeypatch.setattr(_outer, "kernels", lambda: None)
+    assert _routes(model, (40,)) == []
+    assert_same(synflow_masks(model, (40,), 0.9, rounds=20), want)
