@@ -1,17 +1,18 @@
-"""SynFlow's per-round scan of a fully connected layer, compiled with numba (CPU).
+"""SynFlow's per-round work on the CPU, compiled with numba: the scan of fully connected layers.
 
 With a batch of one, the gradient of a ``Linear`` weight is the outer product ``g = delta a^T``
 (``delta`` the gradient at the layer's output, ``a`` its input): autograd builds it as a matrix
 product with an inner dimension of one, so each entry is the single rounded product
 ``delta_i * a_j``. SynFlow's score ``|w_ij g_ij|`` is therefore ``|w_ij * (delta_i * a_j)|``
-exactly, bit for bit, and never needs the gradient matrix: :func:`outer_candidates` reads the
-weights and the alive mask once, in blocks of rows that stay in the L1/L2 cache, and returns the
-alive entries whose score is not above a threshold (NaN included), with their scores. A pruned
+exactly, bit for bit, and never needs the gradient matrix: :func:`scan` reads the weights once,
+in blocks of rows whose flags stay in the L1 cache, and appends the alive entries whose score is
+not above a threshold (NaN included), with their scores, to the round's candidates. A pruned
 entry holds -0.0, which computes as 0 and marks it dead without a separate mask to read (every
 weight of SynFlow's network is made nonnegative, so an alive one has its sign bit clear).
 
-numba is imported on first use; :func:`kernels` returns None when it cannot be (the caller then
-takes the gradient route, which gives the same masks, only slower).
+The selection of the round's entries (:func:`select`) and their pruning (:func:`prune`) are
+compiled too. numba is imported on first use; :func:`kernels` returns None when it cannot be (the
+caller then takes the gradient route, which gives the same masks, only slower).
 """
 
 from __future__ import annotations
@@ -132,8 +133,12 @@ def kernels():
         except ImportError:  # pragma: no cover - numba is a dependency
             _KERNELS.append(None)
         else:
-            jit = numba.njit(cache=True, nogil=True)
-            _KERNELS.append((jit(_scan), jit(_sample), jit(_select), jit(_prune)))
+            fns = (_scan, _sample, _select, _prune)
+            try:  # compiled once, cached next to the source or in the user's numba cache
+                compiled = tuple(numba.njit(cache=True, nogil=True)(f) for f in fns)
+            except RuntimeError:  # pragma: no cover - no writable cache location
+                compiled = tuple(numba.njit(nogil=True)(f) for f in fns)
+            _KERNELS.append(compiled)
     return _KERNELS[0]
 
 

@@ -621,6 +621,12 @@ def synflow_masks(
     and the exact selection among the alive entries near the threshold (see
     :func:`_lowest_alive`); no sort, no per-round copies of the weights. A round that removes
     nothing is skipped (the last round always runs, so NaN scores are always reported).
+
+    On the CPU (with numba) the fully connected layers that the forward pass calls once on a
+    single row are scored without their gradient matrices: hooks take ``delta`` at each such
+    layer's output and its input ``a``, and a compiled scan computes ``|w (delta_i a_j)|``, which
+    is autograd's ``|w g|`` bit for bit (see :mod:`sigprop.pruning._outer`). Same masks, about
+    2-3x faster on MLPs.
     """
     s = _check_sparsity(sparsity)
     if rounds < 1:
