@@ -133,6 +133,12 @@ class _Tokens(nn.Module):
         return self.head(self.emb(x.reshape(x.shape[0], 4, 6)).reshape(x.shape[0], -1))
 
 
+def _doubled(model):
+    """A forward hook that doubles the middle layer's output (the copy keeps it)."""
+    model.layers[1].register_forward_hook(lambda mod, inp, out: 2.0 * out)
+    return model
+
+
 def test_the_route_applies_to_single_row_linears_only():
     assert _routes(_mlp(12, 16, 3), (12,)) == [0, 1, 2, 3]
     assert _routes(_Shared(), (12,)) == [0, 2]
@@ -142,6 +148,7 @@ def test_the_route_applies_to_single_row_linears_only():
     pruned = _mlp(12, 16, 2)
     apply_masks(pruned, make_masks(magnitude_scores(pruned), 0.5))
     assert _routes(pruned, (12,)) == []  # weight_orig leaves: the gradient route
+    assert _routes(_doubled(_mlp(12, 16, 3)), (12,)) == [0, 2, 3]  # a hooked layer: its gradient
 
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
@@ -152,7 +159,7 @@ def test_compiled_route_gives_the_reference_masks(monkeypatch, scope):
         model.layers[0].bias.fill_(0.3)
     _same_by_both_routes(monkeypatch, model, (300,), 0.95, 40, scope=scope)
     torch.manual_seed(1)
-    for net, shape in ((_Shared(), (12,)), (_Tokens(), (24,))):
+    for net, shape in ((_Shared(), (12,)), (_Tokens(), (24,)), (_doubled(_mlp(12, 16, 3)), (12,))):
         _same_by_both_routes(monkeypatch, net, shape, 0.8, 12, scope=scope)
 
 

@@ -530,7 +530,8 @@ def _lowest_alive(st: _SynflowState, layers: list[int], scores: list, n_alive: i
 
 def _outer_layers(net: nn.Module, named_copy, leaves, st: _SynflowState, in_shape) -> dict[int, nn.Linear]:
     """The leaves scored by the compiled scan (:mod:`sigprop.pruning._outer`): on the CPU, the
-    weight of a plain ``nn.Linear`` without forward pre-hooks whose leaf is the weight itself
+    weight of a plain ``nn.Linear`` without hooks of its own (they could change its weight, its
+    output or the gradient reaching it) whose leaf is the weight itself
     (not a pruned ``weight_orig``) and a view of the flat buffer, called exactly once by the
     forward pass, on a single input row (checked by a probe pass). ``{leaf index: module}``."""
     if not st.compiled:
@@ -539,7 +540,11 @@ def _outer_layers(net: nn.Module, named_copy, leaves, st: _SynflowState, in_shap
     found = {
         i: m
         for i, ((_, m, t), p) in enumerate(zip(named_copy, leaves, strict=True))
-        if type(m) is nn.Linear and t == "weight" and m.weight is p and id(p) not in copied and not m._forward_pre_hooks
+        if type(m) is nn.Linear
+        and t == "weight"
+        and m.weight is p
+        and id(p) not in copied
+        and not (m._forward_pre_hooks or m._forward_hooks or m._backward_hooks or m._backward_pre_hooks)
     }
     if not found:
         return {}
