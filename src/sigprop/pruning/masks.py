@@ -351,7 +351,7 @@ class _SynflowState:
 
     def score_leaf(self, i: int, sc) -> None:
         """On the CPU: make leaf ``i``'s raw gradient ``sc`` its signed score ``w g`` (once)."""
-        if self.pending[i] and not isinstance(sc, tuple):
+        if self.pending[i]:  # (never for a (delta, a) pair: see scores)
             np.multiply(sc, self.w_np[self.offsets[i] : self.offsets[i] + self.sizes[i]], out=sc)
             self.pending[i] = False
 
