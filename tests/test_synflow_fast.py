@@ -136,15 +136,22 @@ def test_rounded_scores_with_many_ties_match_reference():
     assert_same(synflow_masks(model, (280,), 0.95, rounds=25), reference_synflow(model, (280,), 0.95, rounds=25))
 
 
-def test_conv_resnet_batchnorm_matches_reference():
-    # batch norm subtracts (absolute) running means: gradients of either sign
-    model = build_model("resnetx2", in_shape=(3, 8, 8), num_classes=4, depth=8, width=4)
-    initialize(model, "eoc", seed=1)
+def _batchnorm_resnet(width: int, seed: int, mean_std: float, vary_var: bool = False) -> nn.Module:
+    """A ResNet whose batch norms hold random running means (and variances): batch norm
+    subtracts the absolute running means, so SynFlow's gradients take either sign."""
+    model = build_model("resnetx2", in_shape=(3, 8, 8), num_classes=4, depth=8, width=width)
+    initialize(model, "eoc", seed=seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.normal_(0.0, mean_std)
+                if vary_var:
+                    m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_conv_resnet_batchnorm_matches_reference():
+    model = _batchnorm_resnet(width=4, seed=1, mean_std=1.0, vary_var=True)
     for scope in ("global", "layerwise"):
         assert_same(
             synflow_masks(model, (3, 8, 8), 0.8, rounds=20, scope=scope),
@@ -220,12 +227,7 @@ def test_nan_scores_are_an_error_on_the_torch_path(monkeypatch):
 def test_large_batchnorm_net_with_gradients_of_both_signs_matches_reference():
     # > 65536 weights ranked together with negative gradients (batch norm subtracts the absolute
     # running means): the signed leaves of the CPU sweep are made |w g| before the selection
-    model = build_model("resnetx2", in_shape=(3, 8, 8), num_classes=4, depth=8, width=32)
-    initialize(model, "eoc", seed=5)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 3.0)
+    model = _batchnorm_resnet(width=32, seed=5, mean_std=3.0)
     assert sum(m.weight.numel() for m, _ in prunable_parameters(model)) >= 65536
     assert_same(synflow_masks(model, (3, 8, 8), 0.9, rounds=20), reference_synflow(model, (3, 8, 8), 0.9, rounds=20))
 
