@@ -46,7 +46,7 @@ def test_scan_is_the_brute_force_selection(shape):
         np.testing.assert_array_equal(store[1][n0:n], val)  # bit for bit
 
 
-def test_scan_reports_nan_scores_and_skips_dead_nan():
+def test_scan_reports_nan_scores_and_skips_dead_entries():
     w = np.array([1.0, 0.0, 2.0, -0.0, 3.0, 0.0])
     delta = np.array([np.inf, 1.0])
     a = np.array([1.0, 0.0, 1.0])
