@@ -563,15 +563,40 @@ def _outer_layers(net: nn.Module, named_copy, leaves, st: _SynflowState, in_shap
     return {i: m for i, m in found.items() if calls[id(m)] == [True]}
 
 
+#: record the outer layers' inputs and outputs by replacing their forward on the copy (False:
+#: with forward hooks, which send every call of the module through torch's slower hook path)
+_OUTER_FORWARD = True
+
+
 class _OuterHooks:
-    """Forward hooks on the fully connected layers scored by the compiled scan: they record each
-    layer's input and output and make the output require grad (a leaf when nothing before it
-    does), so that one backward pass gives ``delta`` at each layer without building the
-    weight gradients."""
+    """The fully connected layers scored by the compiled scan record their input and output in
+    the forward pass and make the output require grad (a leaf when nothing before it does), so
+    that one backward pass gives ``delta`` at each layer without building the weight gradients.
+    On SynFlow's copy, each such layer's ``forward`` is replaced by one that does the same
+    ``F.linear`` and records (these layers have no hooks of their own, see
+    :func:`_outer_layers`); :meth:`remove` puts the class's back."""
 
     def __init__(self, outer: dict[int, nn.Linear]):
         self.outer, self.seen = outer, {}
-        self.handles = [m.register_forward_hook(self._hook) for m in outer.values()]
+        self.handles, self.patched = [], []
+        for m in outer.values():
+            if _OUTER_FORWARD:
+                m.forward = self._forward(m)
+                self.patched.append(m)
+            else:
+                self.handles.append(m.register_forward_hook(self._hook))
+
+    def _forward(self, mod: nn.Linear):
+        weight, bias, key, seen = mod.weight, mod.bias, id(mod), self.seen
+
+        def forward(x):
+            out = nn.functional.linear(x, weight, bias)  # (nn.Linear.forward, bit for bit)
+            if not out.requires_grad:
+                out.requires_grad_()
+            seen[key] = (x, out)
+            return out
+
+        return forward
 
     def _hook(self, mod, inp, out):
         if not out.requires_grad:
@@ -581,6 +606,8 @@ class _OuterHooks:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+        for m in self.patched:
+            del m.forward
 
     def grads(self, net: nn.Module, leaves, in_shape: tuple[int, ...]) -> list:
         """Per leaf: its gradient (None where unused), or ``(delta, a)`` (flat float64 numpy
