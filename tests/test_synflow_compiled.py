@@ -103,6 +103,9 @@ def _routes(model, in_shape):
 def _same_by_both_routes(monkeypatch, model, in_shape, sparsity, rounds, **kw):
     ref = reference_synflow(model, in_shape, sparsity, rounds=rounds, **kw)
     assert_same(synflow_masks(model, in_shape, sparsity, rounds=rounds, **kw), ref)
+    with monkeypatch.context() as mp:  # the layers recorded by forward hooks instead
+        mp.setattr(masks_mod, "_OUTER_FORWARD", False)
+        assert_same(synflow_masks(model, in_shape, sparsity, rounds=rounds, **kw), ref)
     with monkeypatch.context() as mp:
         mp.setattr(masks_mod, "_OUTER_ON_CPU", False)
         assert_same(synflow_masks(model, in_shape, sparsity, rounds=rounds, **kw), ref)
@@ -179,3 +182,12 @@ def test_without_numba_the_gradient_route_runs(monkeypatch):
     monkeypatch.setattr(_outer, "kernels", lambda: None)
     assert _routes(model, (40,)) == []
     assert_same(synflow_masks(model, (40,), 0.9, rounds=20), want)
+
+
+def test_the_copy_forward_is_restored_and_the_model_untouched():
+    # the compiled route replaces the forward of the copy's Linears during the rounds only
+    model = _mlp(30, 20, 2, seed=6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    synflow_masks(model, (30,), 0.5, rounds=3)
+    assert all("forward" not in vars(m) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
