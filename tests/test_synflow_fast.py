@@ -210,7 +210,7 @@ def test_torch_path_and_bracket_fallback_match_reference(monkeypatch):
     monkeypatch.setattr(masks_mod, "_NUMPY_ON_CPU", False)
     assert_same(synflow_masks(model, (300,), 0.9, rounds=30), ref)
     assert_same(synflow_masks(model, (300,), 0.9, rounds=30, scope="layerwise"), ref_lw)
-    monkeypatch.setattr(masks_mod, "_bracket_rank", lambda ms, m, n: 0)  # too few candidates
+    monkeypatch.setattr(masks_mod, "_bracket_rank", lambda ms, m, n, z=5.0: 0)  # too few candidates
     assert_same(synflow_masks(model, (300,), 0.9, rounds=30), ref)
     monkeypatch.setattr(masks_mod, "_NUMPY_ON_CPU", True)
     assert_same(synflow_masks(model, (300,), 0.9, rounds=30), ref)
