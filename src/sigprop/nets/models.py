@@ -83,8 +83,8 @@ class MLP(Network):
                 f"got {tuple(x.shape)}"
             )
         x = x.reshape(x.shape[0], -1)
-        for layer, act in zip(self.layers[:-1], self.acts, strict=True):
-            x = act(layer(x))
+        for layer, act in zip(self.layers, self.acts, strict=False):  # (not layers[:-1]: a slice
+            x = act(layer(x))  # of a ModuleList builds a new ModuleList at every call)
         return self.layers[-1](x)
 
 
