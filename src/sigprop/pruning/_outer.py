@@ -97,12 +97,15 @@ def _sample(w, delta, a, rows, cols, smp, out):  # pragma: no cover - compiled b
 def _select(pos, val, n, m, thr, sel):  # pragma: no cover - compiled by numba
     """Into ``sel``: the ``pos`` of the candidates with score ``val < thr``, then those with
     ``val == thr`` from the last one back, ``m`` in all. Returns the number found (m unless
-    ``thr`` is not the m-th lowest)."""
+    ``thr`` is not the m-th lowest), or -1 when a score is NaN."""
     cnt = 0
     for t in range(n):
-        if val[t] < thr:
+        x = val[t]
+        if x < thr:
             sel[cnt] = pos[t]
             cnt += 1
+        elif x != x:
+            return -1
     t = n - 1
     while cnt < m and t >= 0:
         if val[t] == thr:
@@ -163,10 +166,10 @@ def select(pos: np.ndarray, val: np.ndarray, n: int, m: int, sel: np.ndarray) ->
     score is NaN."""
     v = val[:n]
     np.abs(v, out=v)
-    if np.isnan(v).any():
-        raise ValueError("scores contain NaN")
     thr = np.partition(v, m - 1)[m - 1]  # numpy's introselect (numba's partition is much slower)
-    found = kernels()[2](pos, val, n, m, thr, sel)
+    found = kernels()[2](pos, val, n, m, thr, sel)  # (NaN sorts last in the partition)
+    if found < 0:
+        raise ValueError("scores contain NaN")
     if found != m:  # pragma: no cover - cannot happen: thr is the m-th lowest
         raise AssertionError(f"selected {found} of {m}")
     return sel[:m]

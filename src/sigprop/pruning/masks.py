@@ -367,9 +367,10 @@ class _SynflowState:
         else:
             self.w[pos] = 0.0
             self.alive[pos] = False
-        with torch.no_grad():
-            for p, w in self.copied:
-                p.copy_(w)
+        if self.copied:
+            with torch.no_grad():
+                for p, w in self.copied:
+                    p.copy_(w)
 
     def set_outer(self, outer) -> None:
         """The leaves scored by the compiled scan: their alive mask is their weights' sign bit
@@ -702,17 +703,21 @@ def synflow_masks(
                 smp[i] = pos.numpy() if st.cpu else pos.to(st.w.device)
         samples.append(smp if size >= _BRACKET_MIN else None)
     hooks = _OuterHooks(outer) if outer else None
+    seg_sizes = [sum(st.sizes[i] for i in seg) for seg in segs]
+    steps = range(1, rounds + 1)
+    if progress:
+        steps = tqdm(steps, desc="synflow", file=sys.stderr)
     try:
-        for k in tqdm(range(1, rounds + 1), desc="synflow", disable=not progress, file=sys.stderr):
-            s_k = s if k == rounds else 1.0 - (1.0 - s) ** (k / rounds)
-            kept = [round((1.0 - s_k) * n) for n in (sum(st.sizes[i] for i in seg) for seg in segs)]
-            if k < rounds and kept == n_alive:
-                continue
-            with torch.enable_grad():
+        # (entered once for all rounds; inf * 0 = NaN (overflow) is reported below, not warned)
+        with torch.enable_grad(), np.errstate(all="ignore"):
+            for k in steps:
+                s_k = s if k == rounds else 1.0 - (1.0 - s) ** (k / rounds)
+                kept = [round((1.0 - s_k) * n) for n in seg_sizes]
+                if k < rounds and kept == n_alive:
+                    continue
                 grads = hooks.grads(net, leaves, in_shape) if hooks else _synflow_grads(net, leaves, in_shape)
-            scores = st.scores(grads)
-            del grads
-            with np.errstate(all="ignore"):  # inf * 0 = NaN (overflow) is reported below, not warned
+                scores = st.scores(grads)
+                del grads
                 for j, seg in enumerate(segs):
                     m = n_alive[j] - kept[j]
                     if m > 0:
@@ -720,7 +725,7 @@ def synflow_masks(
                         n_alive[j] = kept[j]
                     elif any(st.has_nan(i, scores[i]) for i in seg):
                         raise ValueError("scores contain NaN")
-            del scores  # free the gradient buffers before the next pass allocates its own
+                del scores  # free the gradient buffers before the next pass allocates its own
     finally:
         if hooks:
             hooks.remove()
