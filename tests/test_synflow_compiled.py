@@ -87,6 +87,90 @@ def test_prune_writes_the_mask_only_in_tracked_ranges():
     assert alive.tolist() == [i != 4 for i in range(10)]
 
 
+def _two_leaves(seed, nan=False):
+    """Two row-major leaves (3x700 and 500x4) in one flat buffer, some entries pruned, some
+    scores tied; their deltas and inputs, the layers' table and the scores."""
+    rng = np.random.default_rng(seed)
+    w = np.abs(np.round(rng.standard_normal(2100 + 2000), 1))  # (rounded: many ties)
+    w[rng.random(w.size) < 0.2] = -0.0
+    deltas = np.abs(rng.standard_normal(503))
+    acts = np.round(np.abs(rng.standard_normal(704)), 1)
+    if nan:
+        acts[5] = np.nan
+    layers = np.array([[0, 3, 700, 0, 0], [2100, 500, 4, 3, 700]], dtype=np.int64)
+    scores = np.concatenate(
+        [
+            np.abs(w[:2100].reshape(3, 700) * (deltas[:3, None] * acts[None, :700])).reshape(-1),
+            np.abs(w[2100:].reshape(500, 4) * (deltas[3:, None] * acts[None, 700:])).reshape(-1),
+        ]
+    )
+    return w, deltas, acts, layers, scores
+
+
+def _sample_of(smp):
+    """The sample's flat positions with their leaf, row and column (for _two_leaves)."""
+    leaf = (smp >= 2100).astype(np.int64)
+    local = smp - np.where(leaf == 1, 2100, 0)
+    cols = np.where(leaf == 1, 4, 700)
+    return smp, leaf, local // cols, local % cols
+
+
+@pytest.mark.parametrize("rank", [None, 0])
+def test_compiled_round_prunes_the_lowest_alive_entries(rank):
+    # the brute-force selection: the m lowest alive scores, ties at the m-th from the last
+    # position back; rank 0: the bracket always fails and every alive entry is a candidate
+    w, deltas, acts, layers, scores = _two_leaves(3)
+    alive_now = ~np.signbit(w)
+    sample = _sample_of(np.sort(np.random.default_rng(1).choice(w.size, 1500, replace=False)).astype(np.int64))
+    m = 900
+    idx = np.flatnonzero(alive_now)
+    order = np.lexsort((-idx, scores[idx]))  # by score, then the later position first
+    want = np.zeros(w.size, dtype=bool)
+    want[idx[order[:m]]] = True
+    alive = np.ones(w.size, dtype=bool)
+    tracked = np.array([[2100, 4100]], dtype=np.int64)  # the second leaf keeps its mask array
+    scratch = [np.empty(w.size + 1, dtype=np.int64), np.empty(w.size + 1), np.empty(w.size, dtype=np.int64)]
+    bracket = (lambda ms, z: 0) if rank == 0 else (lambda ms, z: int(ms * m / idx.size + z * 10 + 2))
+    _outer.round_(
+        w,
+        alive,
+        tracked,
+        layers,
+        deltas,
+        acts,
+        *sample,
+        m,
+        bracket,
+        (2.0, 6.0),
+        *scratch,
+    )
+    pruned = np.signbit(w) & alive_now
+    np.testing.assert_array_equal(pruned, want)
+    assert alive.tolist() == [not (p and i >= 2100) for i, p in enumerate(want)]
+
+
+def test_compiled_round_reports_nan_and_prunes_nothing():
+    w, deltas, acts, layers, _ = _two_leaves(4, nan=True)
+    before = w.copy()
+    sample = _sample_of(np.arange(0, w.size, 3, dtype=np.int64))
+    scratch = [np.empty(w.size + 1, dtype=np.int64), np.empty(w.size + 1), np.empty(w.size, dtype=np.int64)]
+    with pytest.raises(ValueError, match="NaN"):
+        _outer.round_(
+            w,
+            np.ones(w.size, dtype=bool),
+            np.zeros((0, 2), dtype=np.int64),
+            layers,
+            deltas,
+            acts,
+            *sample,
+            100,
+            lambda ms, z: 50,
+            (2.0,),
+            *scratch,
+        )
+    np.testing.assert_array_equal(w.view(np.int64), before.view(np.int64))
+
+
 def _routes(model, in_shape):
     """Indices of the leaves the compiled route scores, for the default prunable tensors."""
     named = named_prunable(model)
@@ -105,6 +189,9 @@ def _same_by_both_routes(monkeypatch, model, in_shape, sparsity, rounds, **kw):
     assert_same(synflow_masks(model, in_shape, sparsity, rounds=rounds, **kw), ref)
     with monkeypatch.context() as mp:  # the layers recorded by forward hooks instead
         mp.setattr(masks_mod, "_OUTER_FORWARD", False)
+        assert_same(synflow_masks(model, in_shape, sparsity, rounds=rounds, **kw), ref)
+    with monkeypatch.context() as mp:  # rounds of fully connected leaves called step by step
+        mp.setattr(masks_mod, "_ROUND_ON_CPU", False)
         assert_same(synflow_masks(model, in_shape, sparsity, rounds=rounds, **kw), ref)
     with monkeypatch.context() as mp:
         mp.setattr(masks_mod, "_OUTER_ON_CPU", False)

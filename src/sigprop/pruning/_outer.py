@@ -17,6 +17,8 @@ caller then takes the gradient route, which gives the same masks, only slower).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: de Bruijn table: index of the single set bit of a power of two ``b`` at
@@ -128,21 +130,70 @@ def _prune(w, alive, sel, tracked):  # pragma: no cover - compiled by numba
                 break
 
 
+def _round_sample(w, layers, deltas, acts, smp, smp_layer, smp_row, smp_col, out):  # pragma: no cover
+    """The scores of the alive entries among the sample ``smp`` (flat positions, with their
+    leaf, row and column) of the leaves ``layers`` (rows ``(offset, rows, cols, delta offset,
+    a offset)``; their ``delta`` and ``a`` concatenated in ``deltas`` / ``acts``) into ``out``;
+    returns their number, or -1 when one is NaN."""
+    bits = w.view(np.int64)
+    ns = 0
+    for t in range(smp.size):
+        k = smp[t]
+        if bits[k] >= 0:
+            q = smp_layer[t]
+            s = abs(w[k] * (deltas[layers[q, 3] + smp_row[t]] * acts[layers[q, 4] + smp_col[t]]))
+            if s != s:
+                return -1
+            out[ns] = s
+            ns += 1
+    return ns
+
+
+def _round_scan(w, layers, deltas, acts, hi, db, pos, val):  # pragma: no cover - compiled by numba
+    """:func:`_scan` of every leaf of ``layers`` (as in :func:`_round_sample`) into the
+    candidates ``pos`` / ``val`` from 0; returns their number."""
+    n = 0
+    for q in range(layers.shape[0]):
+        o, rows, cols, do, ao = layers[q, 0], layers[q, 1], layers[q, 2], layers[q, 3], layers[q, 4]
+        n = _scan(w[o : o + rows * cols], deltas[do : do + rows], acts[ao : ao + cols], hi, o, db, pos, val, n)
+    return n
+
+
+def _round_prune(w, alive, tracked, pos, val, n, m, thr, sel):  # pragma: no cover - compiled by numba
+    """:func:`_select` (``thr`` the m-th lowest of the ``n`` candidates) then :func:`_prune`;
+    returns ``m``, or -1 when a score is NaN (nothing pruned)."""
+    found = _select(pos, val, n, m, thr, sel)
+    if found != m:
+        return -1 if found < 0 else -2
+    _prune(w, alive, sel[:m], tracked)
+    return m
+
+
+_FNS = ("_scan", "_sample", "_select", "_prune", "_round_sample", "_round_scan", "_round_prune")
+
+
 def kernels():
-    """The compiled ``(scan, sample, select, prune)``, or None when numba is not available."""
+    """The compiled kernels, in the order of ``_FNS``, or None when numba is not available."""
     if not _KERNELS:
         try:
             import numba
         except ImportError:  # pragma: no cover - numba is a dependency
             _KERNELS.append(None)
         else:
-            fns = (_scan, _sample, _select, _prune)
-            try:  # compiled once, cached next to the source or in the user's numba cache
-                compiled = tuple(numba.njit(cache=True, nogil=True)(f) for f in fns)
-            except RuntimeError:  # pragma: no cover - no writable cache location
-                compiled = tuple(numba.njit(nogil=True)(f) for f in fns)
-            _KERNELS.append(compiled)
+            compiled = []
+            for name in _FNS:  # (in order: _round calls the ones before it, compiled)
+                fn = _PY[name]
+                try:  # compiled once, cached next to the source or in the user's numba cache
+                    jit = numba.njit(cache=True, nogil=True)(fn)
+                except RuntimeError:  # pragma: no cover - no writable cache location
+                    jit = numba.njit(nogil=True)(fn)
+                globals()[name] = jit
+                compiled.append(jit)
+            _KERNELS.append(tuple(compiled))
     return _KERNELS[0]
+
+
+_PY = {name: globals()[name] for name in _FNS}  # the kernels' Python functions
 
 
 def scan(w, delta, a, hi: float, offset: int, pos: np.ndarray, val: np.ndarray, n: int) -> int:
@@ -173,6 +224,41 @@ def select(pos: np.ndarray, val: np.ndarray, n: int, m: int, sel: np.ndarray) ->
     if found != m:  # pragma: no cover - cannot happen: thr is the m-th lowest
         raise AssertionError(f"selected {found} of {m}")
     return sel[:m]
+
+
+def round_(
+    w, alive, tracked, layers, deltas, acts, smp, smp_layer, smp_row, smp_col, m: int, rank, zs, pos, val, sel
+) -> None:
+    """One SynFlow round on fully connected leaves only, in three compiled calls: prune the
+    ``m`` lowest-scored alive entries of the leaves ``layers`` (rows ``(offset, rows, cols,
+    delta offset, a offset)``), their ``delta`` and ``a`` concatenated in ``deltas`` / ``acts``,
+    as :func:`sample`, :func:`scan`, :func:`select` and :func:`prune` do one after the other: the
+    alive entries of the sample ``smp`` (flat positions, with their leaf, row and column) bracket
+    the m-th lowest score at their ``rank(sample size, z)``-th lowest for each ``z`` of ``zs``
+    in turn, then every alive entry is a candidate. (numpy's partition, vectorized, finds the
+    ranks: a compiled quickselect took 4-5 times as long.) ``pos`` / ``val`` / ``sel``: scratch,
+    room for every entry. ValueError if a score is NaN (nothing is pruned then)."""
+    k = kernels()
+    n = -1
+    ns = k[4](w, layers, deltas, acts, smp, smp_layer, smp_row, smp_col, val)
+    if ns >= 256:
+        vals = val[:ns].copy()
+        for z in zs:
+            r = rank(ns, z)
+            if r >= ns:
+                break
+            n = k[5](w, layers, deltas, acts, float(np.partition(vals, r)[r]), _DEBRUIJN, pos, val)
+            if n >= m:
+                break
+            n = -1
+    if n < 0:  # (a NaN in the sample too: the scan finds it, the selection reports it)
+        n = k[5](w, layers, deltas, acts, math.inf, _DEBRUIJN, pos, val)
+    thr = np.partition(val[:n], m - 1)[m - 1]  # (NaN sorts last)
+    got = k[6](w, alive, tracked, pos, val, n, m, thr, sel)
+    if got == -1:
+        raise ValueError("scores contain NaN")
+    if got != m:  # pragma: no cover - cannot happen: thr is the m-th lowest
+        raise AssertionError(f"the compiled round selected {got}, not {m}")
 
 
 def prune(w: np.ndarray, alive: np.ndarray, sel: np.ndarray, tracked: np.ndarray) -> None:

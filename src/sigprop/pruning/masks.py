@@ -233,6 +233,9 @@ _SWEEP_CHUNK = 1 << 15
 #: on the CPU, score SynFlow's fully connected layers from their rank-one gradients with the
 #: compiled scan of :mod:`sigprop.pruning._outer` (False: through their gradients, as elsewhere)
 _OUTER_ON_CPU = True
+#: a round whose ranked leaves are all scored by the compiled scan runs as one compiled call
+#: (:func:`sigprop.pruning._outer.round_`; False: the same steps called from Python)
+_ROUND_ON_CPU = True
 
 
 class _SynflowState:
@@ -264,6 +267,7 @@ class _SynflowState:
         self.alive_views = [alive[a : a + n] for a, n in zip(self.offsets, self.sizes, strict=True)]
         self.cand, self.sample_out, self.sample_rc, self.sel = None, None, {}, None
         self.outer, self.tracked = set(), np.zeros((0, 2), dtype=np.int64)
+        self.round_meta = {}
         # the compiled kernels of sigprop.pruning._outer (numba) run the CPU rounds
         self.compiled = self.cpu and _OUTER_ON_CPU and _outer.kernels() is not None
         if self.cpu:
@@ -385,6 +389,46 @@ class _SynflowState:
         """The alive mask of the compiled scan's leaves, from their weights' sign bits."""
         for i in self.outer:
             np.logical_not(np.signbit(self.leaf_w(i)), out=self.alive_views[i])
+
+    def can_round(self, seg: list[int], scores: list) -> bool:
+        """Whether the round of the leaves ``seg`` can run as one compiled call: all of them
+        fully connected layers scored as ``(delta, a)``."""
+        return self.compiled and _ROUND_ON_CPU and all(isinstance(scores[i], tuple) for i in seg)
+
+    def round(self, seg: list[int], scores: list, n_alive: int, m: int, sample) -> None:
+        """Prune the ``m`` lowest-scored alive entries of the leaves ``seg`` in one compiled call
+        (see :meth:`can_round`): the entries :func:`_lowest_alive` gives, pruned as
+        :meth:`prune` does."""
+        key = tuple(seg)
+        if key not in self.round_meta:
+            layers = np.array(
+                [
+                    [self.offsets[i], len(scores[i][0]), len(scores[i][1]), 0, 0]
+                    for i in seg
+                ],
+                dtype=np.int64,
+            ).reshape(-1, 5)
+            layers[:, 3] = np.concatenate([[0], np.cumsum(layers[:-1, 1])])
+            layers[:, 4] = np.concatenate([[0], np.cumsum(layers[:-1, 2])])
+            parts = [(q, sample[i]) for q, i in enumerate(seg)] if sample is not None else []
+            smp = np.concatenate([self.offsets[seg[q]] + p for q, p in parts] + [np.zeros(0, np.int64)])
+            smp_layer = np.concatenate([np.full(len(p), q) for q, p in parts] + [np.zeros(0, np.int64)])
+            smp_row = np.concatenate([p // layers[q, 2] for q, p in parts] + [np.zeros(0, np.int64)])
+            smp_col = np.concatenate([p % layers[q, 2] for q, p in parts] + [np.zeros(0, np.int64)])
+            as64 = [np.ascontiguousarray(x, dtype=np.int64) for x in (smp, smp_layer, smp_row, smp_col)]
+            self.round_meta[key] = (layers, *as64)
+        layers, smp, smp_layer, smp_row, smp_col = self.round_meta[key]
+        deltas = np.concatenate([scores[i][0] for i in seg])
+        acts = np.concatenate([scores[i][1] for i in seg])
+        pos, val = self.candidates()
+        _outer.round_(
+            self.w_np, self.alive.numpy(), self.tracked, layers, deltas, acts, smp, smp_layer, smp_row, smp_col,
+            m, lambda ms, z: _bracket_rank(ms, m, n_alive, z), _BRACKETS_CPU, pos, val, self.selected(),
+        )  # fmt: skip
+        if self.copied:
+            with torch.no_grad():
+                for p, w in self.copied:
+                    p.copy_(w)
 
     def has_nan(self, i: int, sc) -> bool:
         """Whether an alive entry of leaf ``i`` has a NaN score."""
@@ -721,7 +765,10 @@ def synflow_masks(
                 for j, seg in enumerate(segs):
                     m = n_alive[j] - kept[j]
                     if m > 0:
-                        st.prune(_lowest_alive(st, seg, scores, n_alive[j], m, samples[j]))
+                        if st.can_round(seg, scores):
+                            st.round(seg, scores, n_alive[j], m, samples[j])
+                        else:
+                            st.prune(_lowest_alive(st, seg, scores, n_alive[j], m, samples[j]))
                         n_alive[j] = kept[j]
                     elif any(st.has_nan(i, scores[i]) for i in seg):
                         raise ValueError("scores contain NaN")
