@@ -402,10 +402,7 @@ class _SynflowState:
         key = tuple(seg)
         if key not in self.round_meta:
             layers = np.array(
-                [
-                    [self.offsets[i], len(scores[i][0]), len(scores[i][1]), 0, 0]
-                    for i in seg
-                ],
+                [[self.offsets[i], len(scores[i][0]), len(scores[i][1]), 0, 0] for i in seg],
                 dtype=np.int64,
             ).reshape(-1, 5)
             layers[:, 3] = np.concatenate([[0], np.cumsum(layers[:-1, 1])])
