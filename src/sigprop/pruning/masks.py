@@ -390,15 +390,15 @@ class _SynflowState:
         for i in self.outer:
             np.logical_not(np.signbit(self.leaf_w(i)), out=self.alive_views[i])
 
-    def can_round(self, seg: list[int], scores: list) -> bool:
-        """Whether the round of the leaves ``seg`` can run as one compiled call: all of them
-        fully connected layers scored as ``(delta, a)``."""
+    def compiled_round(self, seg: list[int], scores: list) -> bool:
+        """Whether the round of the leaves ``seg`` can run as compiled calls (:meth:`run_round`):
+        all of them fully connected layers scored as ``(delta, a)``."""
         return self.compiled and _ROUND_ON_CPU and all(isinstance(scores[i], tuple) for i in seg)
 
-    def round(self, seg: list[int], scores: list, n_alive: int, m: int, sample) -> None:
-        """Prune the ``m`` lowest-scored alive entries of the leaves ``seg`` in one compiled call
-        (see :meth:`can_round`): the entries :func:`_lowest_alive` gives, pruned as
-        :meth:`prune` does."""
+    def run_round(self, seg: list[int], scores: list, n_alive: int, m: int, sample) -> None:
+        """Prune the ``m`` lowest-scored alive entries of the leaves ``seg`` in three compiled
+        calls (:func:`sigprop.pruning._outer.round_`; see :meth:`compiled_round`): the entries
+        :func:`_lowest_alive` gives, pruned as :meth:`prune` does."""
         key = tuple(seg)
         if key not in self.round_meta:
             layers = np.array(
@@ -762,8 +762,8 @@ def synflow_masks(
                 for j, seg in enumerate(segs):
                     m = n_alive[j] - kept[j]
                     if m > 0:
-                        if st.can_round(seg, scores):
-                            st.round(seg, scores, n_alive[j], m, samples[j])
+                        if st.compiled_round(seg, scores):
+                            st.run_round(seg, scores, n_alive[j], m, samples[j])
                         else:
                             st.prune(_lowest_alive(st, seg, scores, n_alive[j], m, samples[j]))
                         n_alive[j] = kept[j]
