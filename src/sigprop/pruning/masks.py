@@ -233,7 +233,7 @@ _SWEEP_CHUNK = 1 << 15
 #: on the CPU, score SynFlow's fully connected layers from their rank-one gradients with the
 #: compiled scan of :mod:`sigprop.pruning._outer` (False: through their gradients, as elsewhere)
 _OUTER_ON_CPU = True
-#: a round whose ranked leaves are all scored by the compiled scan runs as one compiled call
+#: a round whose ranked leaves are all scored by the compiled scan runs as three compiled calls
 #: (:func:`sigprop.pruning._outer.round_`; False: the same steps called from Python)
 _ROUND_ON_CPU = True
 
@@ -371,6 +371,10 @@ class _SynflowState:
         else:
             self.w[pos] = 0.0
             self.alive[pos] = False
+        self._copy_back()
+
+    def _copy_back(self) -> None:
+        """The leaves that do not compute with the buffer get it copied back (see :meth:`bind`)."""
         if self.copied:
             with torch.no_grad():
                 for p, w in self.copied:
@@ -422,10 +426,7 @@ class _SynflowState:
             self.w_np, self.alive.numpy(), self.tracked, layers, deltas, acts, smp, smp_layer, smp_row, smp_col,
             m, lambda ms, z: _bracket_rank(ms, m, n_alive, z), _BRACKETS_CPU, pos, val, self.selected(),
         )  # fmt: skip
-        if self.copied:
-            with torch.no_grad():
-                for p, w in self.copied:
-                    p.copy_(w)
+        self._copy_back()
 
     def has_nan(self, i: int, sc) -> bool:
         """Whether an alive entry of leaf ``i`` has a NaN score."""
