@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import sigprop.pruning.masks as masks_mod
 from sigprop.nets import build_model, initialize
 from sigprop.pruning import apply_masks, magnitude_scores, make_masks, prunable_parameters, synflow_masks
 from sigprop.pruning.scores import _abs_state_, _linearized_copy
@@ -202,7 +205,6 @@ def test_model_untouched_and_bad_arguments():
 
 def test_torch_path_and_bracket_fallback_match_reference(monkeypatch):
     # the torch selection (used off the CPU) on the CPU, and a bracket that always fails
-    import sigprop.pruning.masks as masks_mod
 
     model = _mlp(300, 300, 2)
     ref = reference_synflow(model, (300,), 0.9, rounds=30)
@@ -218,7 +220,6 @@ def test_torch_path_and_bracket_fallback_match_reference(monkeypatch):
 
 
 def test_nan_scores_are_an_error_on_the_torch_path(monkeypatch):
-    import sigprop.pruning.masks as masks_mod
 
     monkeypatch.setattr(masks_mod, "_NUMPY_ON_CPU", False)
     test_nan_scores_are_an_error()
@@ -247,7 +248,6 @@ def test_channels_last_leaves_match_reference():
 def test_sampled_selection_on_small_nets_matches_reference(monkeypatch, numpy_path):
     # the bracketed selection forced onto small nets with a tiny sample (so that brackets often
     # fail and fall back), over several nets, sparsities and both scopes
-    import sigprop.pruning.masks as masks_mod
 
     monkeypatch.setattr(masks_mod, "_BRACKET_MIN", 300)
     monkeypatch.setattr(masks_mod, "_SYNFLOW_SAMPLE", 1000)
@@ -264,3 +264,31 @@ def test_sampled_selection_on_small_nets_matches_reference(monkeypatch, numpy_pa
                 synflow_masks(model, (15,), s, rounds=rounds, scope=scope),
                 reference_synflow(model, (15,), s, rounds=rounds, scope=scope),
             )
+
+
+class _ShiftedReadout(nn.Module):
+    """fc1 (300 -> 300, scored by the compiled scan) feeds a readout whose weight is used through
+    ``F.linear`` (scored through its gradient), after subtracting a large constant in the columns
+    that the fixed sample of the readout's weights misses: its scores there are negative and
+    large, and the sample sees none of them."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.fc1 = nn.Linear(300, 300, bias=False)
+        self.fc2 = nn.Linear(300, 2, bias=False)
+        smp = masks_mod._sample_positions([90000, 600])[1].numpy()
+        c = torch.full((300,), 1e4)
+        c[np.unique(smp % 300)] = 0.0
+        self.register_buffer("c", c)
+
+    def forward(self, x):
+        return F.linear(self.fc1(x.reshape(x.shape[0], -1)) - self.c, self.fc2.weight)
+
+
+def test_bracket_counts_only_the_candidates_a_signed_leaf_really_gives():
+    # the readout's leaf is swept without |.| (its sample shows no negative score), so all its
+    # negative entries are candidates too; a bracket that holds fewer than m entries with
+    # |s| <= hi must still be refused (it was accepted, and 1386 entries differed)
+    model = _ShiftedReadout()
+    assert_same(synflow_masks(model, (300,), 0.9, rounds=100), reference_synflow(model, (300,), 0.9, rounds=100))

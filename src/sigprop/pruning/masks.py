@@ -520,7 +520,11 @@ def _lowest_alive_np(st: _SynflowState, layers: list[int], scores: list, n_alive
                     np.greater(alive[c0:c1], bc, out=bc)
                 st.pending[i] = False
                 n = _append(pos, val, n, np.flatnonzero(buf), g, st.offsets[i])
-            if n >= m:
+            # the bracket holds when at least m alive entries score |s| <= hi (or NaN): then every
+            # entry left out scores above the m-th lowest. A leaf left signed gave negative
+            # entries of any size as well: count without them.
+            loose = any(not neg and not isinstance(scores[i], tuple) for i, neg in zip(layers, signed, strict=True))
+            if n >= m and (not loose or np.count_nonzero(~(np.abs(val[:n]) > hi)) >= m):
                 break
             n = -1
     if n < 0:
