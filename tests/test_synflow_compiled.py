@@ -223,6 +223,50 @@ class _Tokens(nn.Module):
         return self.head(self.emb(x.reshape(x.shape[0], 4, 6)).reshape(x.shape[0], -1))
 
 
+class _ReusedWeight(nn.Module):
+    """A Linear called once whose weight is used once more directly: two terms in its gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(20, 20)
+        self.b = nn.Linear(20, 5)
+
+    def forward(self, x):
+        return self.b(nn.functional.linear(self.a(x), self.a.weight))
+
+
+class _Tied(nn.Module):
+    """Two Linears sharing one weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(20, 20)
+        self.m = nn.Linear(20, 20)
+        self.b = nn.Linear(20, 5)
+        self.m.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.m(self.a(x)))
+
+
+class _InPlace(nn.Module):
+    """A Linear's output scaled in place afterwards (``delta`` must be taken before the scaling);
+    and the first layer's (its output is a leaf on the compiled route)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(20, 20)
+        self.m = nn.Linear(20, 20)
+        self.b = nn.Linear(20, 5)
+
+    def forward(self, x):
+        h = self.a(x)
+        h.mul_(2.0)
+        h = self.m(h)
+        h.mul_(3.0)
+        return self.b(h)
+
+
 def _doubled(model):
     """A forward hook that doubles the middle layer's output (the copy keeps it)."""
     model.layers[1].register_forward_hook(lambda mod, inp, out: 2.0 * out)
@@ -239,6 +283,9 @@ def test_the_route_applies_to_single_row_linears_only():
     apply_masks(pruned, make_masks(magnitude_scores(pruned), 0.5))
     assert _routes(pruned, (12,)) == []  # weight_orig leaves: the gradient route
     assert _routes(_doubled(_mlp(12, 16, 3)), (12,)) == [0, 2, 3]  # a hooked layer: its gradient
+    assert _routes(_ReusedWeight(), (20,)) == [1]  # the weight used twice: its gradient
+    assert _routes(_Tied(), (20,)) == [2]  # (the tied weight is listed once)
+    assert _routes(_InPlace(), (20,)) == [2]  # outputs changed in place: their gradients
 
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
@@ -249,7 +296,9 @@ def test_compiled_route_gives_the_reference_masks(monkeypatch, scope):
         model.layers[0].bias.fill_(0.3)
     _same_by_both_routes(monkeypatch, model, (300,), 0.95, 40, scope=scope)
     torch.manual_seed(1)
-    for net, shape in ((_Shared(), (12,)), (_Tokens(), (24,)), (_doubled(_mlp(12, 16, 3)), (12,))):
+    nets = [(_Shared(), (12,)), (_Tokens(), (24,)), (_doubled(_mlp(12, 16, 3)), (12,))]
+    nets += [(_ReusedWeight(), (20,)), (_Tied(), (20,)), (_InPlace(), (20,))]
+    for net, shape in nets:
         _same_by_both_routes(monkeypatch, net, shape, 0.8, 12, scope=scope)
 
 

@@ -589,9 +589,12 @@ def _lowest_alive(st: _SynflowState, layers: list[int], scores: list, n_alive: i
 def _outer_layers(net: nn.Module, named_copy, leaves, st: _SynflowState, in_shape) -> dict[int, nn.Linear]:
     """The leaves scored by the compiled scan (:mod:`sigprop.pruning._outer`): on the CPU, the
     weight of a plain ``nn.Linear`` without hooks of its own (they could change its weight, its
-    output or the gradient reaching it) whose leaf is the weight itself
-    (not a pruned ``weight_orig``) and a view of the flat buffer, called exactly once by the
-    forward pass, on a single input row (checked by a probe pass). ``{leaf index: module}``."""
+    output or the gradient reaching it) whose leaf is the weight itself (not a pruned
+    ``weight_orig``) and a view of the flat buffer. A probe pass checks the rest of what makes
+    its gradient the outer product ``delta a^T``: the layer is called exactly once, on a single
+    input row, its input and output are not changed in place afterwards, and the weight reaches
+    the output only through that call (not tied to another layer, not used again directly).
+    ``{leaf index: module}``."""
     if not st.compiled:
         return {}
     copied = {id(p) for p, _ in st.copied}
@@ -609,16 +612,57 @@ def _outer_layers(net: nn.Module, named_copy, leaves, st: _SynflowState, in_shap
     calls = {id(m): [] for m in found.values()}
 
     def probe(mod, inp, out):
-        calls[id(mod)].append(len(inp) == 1 and inp[0].numel() == mod.in_features and out.numel() == mod.out_features)
+        single = len(inp) == 1 and inp[0].numel() == mod.in_features and out.numel() == mod.out_features
+        calls[id(mod)].append((single, inp[0], inp[0]._version, out, out._version))
 
     handles = [m.register_forward_hook(probe) for m in found.values()]
     try:
-        with torch.no_grad():
-            net(torch.ones((1, *in_shape), dtype=torch.float64, device=st.w.device))
+        with torch.enable_grad():  # (the graph tells how often each weight is used)
+            y = net(torch.ones((1, *in_shape), dtype=torch.float64, device=st.w.device))
     finally:
         for h in handles:
             h.remove()
-    return {i: m for i, m in found.items() if calls[id(m)] == [True]}
+    uses = _leaf_uses(y)
+
+    def ok(m: nn.Linear) -> bool:
+        if len(calls[id(m)]) != 1:
+            return False
+        single, x, xv, out, ov = calls[id(m)][0]
+        return single and x._version == xv and out._version == ov and uses.get(id(m.weight), 0) == 1
+
+    return {i: m for i, m in found.items() if ok(m)}
+
+
+def _leaf_uses(y) -> dict[int, int]:
+    """``{id(leaf): number of edges into its gradient accumulator}`` in the autograd graph of
+    the tensors ``y`` (a tensor or a structure of them): how many times each leaf enters it."""
+    roots = [t.grad_fn for t in _tensors(y) if t.grad_fn is not None]
+    uses, seen = {}, set()
+    while roots:
+        node = roots.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            var = getattr(nxt, "variable", None)
+            if var is not None:  # AccumulateGrad: a leaf
+                uses[id(var)] = uses.get(id(var), 0) + 1
+            else:
+                roots.append(nxt)
+    return uses
+
+
+def _tensors(y) -> list[torch.Tensor]:
+    """The tensors in ``y``: a tensor, or lists, tuples and dicts of them."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, dict):
+        y = list(y.values())
+    if isinstance(y, (list, tuple)):
+        return [t for v in y for t in _tensors(v)]
+    return []
 
 
 #: record the outer layers' inputs and outputs by replacing their forward on the copy (False:
