@@ -115,10 +115,11 @@ def _sample_of(smp):
     return smp, leaf, local // cols, local % cols
 
 
-@pytest.mark.parametrize("rank", [None, 0])
+@pytest.mark.parametrize("rank", ["sample", "retry", "none"])
 def test_compiled_round_prunes_the_lowest_alive_entries(rank):
     # the brute-force selection: the m lowest alive scores, ties at the m-th from the last
-    # position back; rank 0: the bracket always fails and every alive entry is a candidate
+    # position back; "retry": the first bracket fails, the second holds; "none": every bracket
+    # fails and every alive entry is a candidate
     w, deltas, acts, layers, scores = _two_leaves(3)
     alive_now = ~np.signbit(w)
     sample = _sample_of(np.sort(np.random.default_rng(1).choice(w.size, 1500, replace=False)).astype(np.int64))
@@ -130,7 +131,8 @@ def test_compiled_round_prunes_the_lowest_alive_entries(rank):
     alive = np.ones(w.size, dtype=bool)
     tracked = np.array([[2100, 4100]], dtype=np.int64)  # the second leaf keeps its mask array
     scratch = [np.empty(w.size + 1, dtype=np.int64), np.empty(w.size + 1), np.empty(w.size, dtype=np.int64)]
-    bracket = (lambda ms, z: 0) if rank == 0 else (lambda ms, z: int(ms * m / idx.size + z * 10 + 2))
+    fair = lambda ms, z: int(ms * m / idx.size + z * 10 + 2)  # noqa: E731
+    bracket = {"sample": fair, "retry": lambda ms, z: 0 if z < 5 else fair(ms, z), "none": lambda ms, z: 0}[rank]
     _outer.round_(
         w,
         alive,
@@ -149,10 +151,17 @@ def test_compiled_round_prunes_the_lowest_alive_entries(rank):
     assert alive.tolist() == [not (p and i >= 2100) for i, p in enumerate(want)]
 
 
-def test_compiled_round_reports_nan_and_prunes_nothing():
+@pytest.mark.parametrize("where", ["sample", "scan", "all"])
+def test_compiled_round_reports_nan_and_prunes_nothing(where):
+    # the NaN scores (column 5 of the first leaf) in the sample, or found by the bracketed scan
+    # only, or by the scan of every alive entry
     w, deltas, acts, layers, _ = _two_leaves(4, nan=True)
     before = w.copy()
-    sample = _sample_of(np.arange(0, w.size, 3, dtype=np.int64))
+    smp = np.arange(0, w.size, 3, dtype=np.int64)
+    if where != "sample":
+        smp = smp[(smp >= 2100) | (smp % 700 != 5)]
+    sample = _sample_of(smp)
+    bracket = (lambda ms, z: 0) if where == "all" else (lambda ms, z: 50)
     scratch = [np.empty(w.size + 1, dtype=np.int64), np.empty(w.size + 1), np.empty(w.size, dtype=np.int64)]
     with pytest.raises(ValueError, match="NaN"):
         _outer.round_(
@@ -164,7 +173,7 @@ def test_compiled_round_reports_nan_and_prunes_nothing():
             acts,
             *sample,
             100,
-            lambda ms, z: 50,
+            bracket,
             (2.0,),
             *scratch,
         )
@@ -320,10 +329,30 @@ def test_without_numba_the_gradient_route_runs(monkeypatch):
     assert_same(synflow_masks(model, (40,), 0.9, rounds=20), want)
 
 
-def test_the_copy_forward_is_restored_and_the_model_untouched():
-    # the compiled route replaces the forward of the copy's Linears during the rounds only
+def test_the_copy_forward_is_restored_and_the_model_untouched(monkeypatch):
+    # the compiled route replaces the forward of the copy's Linears during the rounds only, also
+    # when the rounds stop on an error; the model itself is never touched
+    copies = []
+
+    def keep(model, shared=None):
+        net = _linearized_copy(model, shared)
+        copies.append(net)
+        return net
+
+    monkeypatch.setattr(masks_mod, "_linearized_copy", keep)
     model = _mlp(30, 20, 2, seed=6)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     synflow_masks(model, (30,), 0.5, rounds=3)
+    with torch.no_grad():
+        model.layers[0].weight[0, 0] = float("inf")  # inf * 0 somewhere: NaN scores
+        model.layers[1].weight[:, 0] = 0.0
+    with pytest.raises(ValueError, match="NaN"):
+        synflow_masks(model, (30,), 0.5, rounds=3)
+    assert len(copies) == 2
+    for net in copies:
+        patched = [m for m in net.modules() if type(m) is nn.Linear]
+        assert patched and all("forward" not in vars(m) for m in patched)
     assert all("forward" not in vars(m) for m in model.modules())
+    model.layers[0].weight.data[0, 0] = before["layers.0.weight"][0, 0]
+    model.layers[1].weight.data[:, 0] = before["layers.1.weight"][:, 0]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

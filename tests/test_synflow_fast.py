@@ -205,7 +205,6 @@ def test_model_untouched_and_bad_arguments():
 
 def test_torch_path_and_bracket_fallback_match_reference(monkeypatch):
     # the torch selection (used off the CPU) on the CPU, and a bracket that always fails
-
     model = _mlp(300, 300, 2)
     ref = reference_synflow(model, (300,), 0.9, rounds=30)
     ref_lw = reference_synflow(model, (300,), 0.9, rounds=30, scope="layerwise")

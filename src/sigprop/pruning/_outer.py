@@ -12,7 +12,8 @@ weight of SynFlow's network is made nonnegative, so an alive one has its sign bi
 
 The selection of the round's entries (:func:`select`) and their pruning (:func:`prune`) are
 compiled too; when every leaf ranked in a round is such a layer, :func:`round_` runs the round's
-sample, scans, selection and pruning in three compiled calls. numba is imported on first use;
+sample, scans, selection and pruning in three compiled calls (one more per retried bracket).
+numba is imported on first use;
 :func:`kernels` returns None when it cannot be (the caller then takes the gradient route, which
 gives the same masks, only slower).
 
@@ -39,7 +40,7 @@ _DEBRUIJN = np.array(
     dtype=np.int64,
 )  # fmt: skip
 
-_KERNELS = []  # [(scan, sample, select, prune) compiled, or None], filled on first use
+_KERNELS = []  # [the compiled kernels, in the order of _FNS, or None], filled on first use
 
 
 def _scan(w, delta, a, hi, offset, db, pos, val, n):  # pragma: no cover - compiled by numba
@@ -191,7 +192,7 @@ def kernels():
             _KERNELS.append(None)
         else:
             compiled = []
-            for name in _FNS:  # (in order: _round calls the ones before it, compiled)
+            for name in _FNS:  # (the module's names become the compiled ones: _round_* call them)
                 fn = _PY[name]
                 try:  # compiled once, cached next to the source or in the user's numba cache
                     jit = numba.njit(cache=True, nogil=True)(fn)
@@ -239,7 +240,8 @@ def select(pos: np.ndarray, val: np.ndarray, n: int, m: int, sel: np.ndarray) ->
 def round_(
     w, alive, tracked, layers, deltas, acts, smp, smp_layer, smp_row, smp_col, m: int, rank, zs, pos, val, sel
 ) -> None:
-    """One SynFlow round on fully connected leaves only, in three compiled calls: prune the
+    """One SynFlow round on fully connected leaves only, in three compiled calls (one more per
+    retried bracket): prune the
     ``m`` lowest-scored alive entries of the leaves ``layers`` (rows ``(offset, rows, cols,
     delta offset, a offset)``), their ``delta`` and ``a`` concatenated in ``deltas`` / ``acts``,
     as :func:`sample`, :func:`scan`, :func:`select` and :func:`prune` do one after the other: the
@@ -247,7 +249,10 @@ def round_(
     the m-th lowest score at their ``rank(sample size, z)``-th lowest for each ``z`` of ``zs``
     in turn, then every alive entry is a candidate. (numpy's partition, vectorized, finds the
     ranks: a compiled quickselect took 4-5 times as long.) ``pos`` / ``val`` / ``sel``: scratch,
-    room for every entry. ValueError if a score is NaN (nothing is pruned then)."""
+    room for every entry (and for the sample in ``val``). ValueError if a score is NaN (nothing
+    is pruned then)."""
+    if len(smp) > len(val):
+        raise ValueError(f"the sample ({len(smp)}) does not fit the scratch ({len(val)})")
     k = kernels()
     n = -1
     ns = k[4](w, layers, deltas, acts, smp, smp_layer, smp_row, smp_col, val)

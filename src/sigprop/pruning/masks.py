@@ -234,7 +234,8 @@ _SWEEP_CHUNK = 1 << 15
 #: compiled scan of :mod:`sigprop.pruning._outer` (False: through their gradients, as elsewhere)
 _OUTER_ON_CPU = True
 #: a round whose ranked leaves are all scored by the compiled scan runs as three compiled calls
-#: (:func:`sigprop.pruning._outer.round_`; False: the same steps called from Python)
+#: (one more per retried bracket; :func:`sigprop.pruning._outer.round_`; False: the same steps
+#: called from Python)
 _ROUND_ON_CPU = True
 
 
@@ -419,6 +420,8 @@ class _SynflowState:
             as64 = [np.ascontiguousarray(x, dtype=np.int64) for x in (smp, smp_layer, smp_row, smp_col)]
             self.round_meta[key] = (layers, *as64)
         layers, smp, smp_layer, smp_row, smp_col = self.round_meta[key]
+        if n_alive < _BRACKET_MIN:  # (as _lowest_alive: every alive entry is a candidate)
+            smp = smp[:0]
         deltas = np.concatenate([scores[i][0] for i in seg])
         acts = np.concatenate([scores[i][1] for i in seg])
         pos, val = self.candidates()
@@ -757,10 +760,11 @@ def synflow_masks(
     nothing is skipped (the last round always runs, so NaN scores are always reported).
 
     On the CPU (with numba) the fully connected layers that the forward pass calls once on a
-    single row are scored without their gradient matrices: hooks take ``delta`` at each such
-    layer's output and its input ``a``, and a compiled scan computes ``|w (delta_i a_j)|``, which
-    is autograd's ``|w g|`` bit for bit (see :mod:`sigprop.pruning._outer`). Same masks, about
-    2-3x faster on MLPs.
+    single row are scored without their gradient matrices: their forward, replaced on the copy,
+    records each such layer's input ``a`` and output, the backward pass gives ``delta`` there,
+    and a compiled scan computes ``|w (delta_i a_j)|``, which is autograd's ``|w g|`` bit for
+    bit (see :mod:`sigprop.pruning._outer` and :func:`_outer_layers`). Same masks, about 2-3x
+    faster on MLPs.
     """
     s = _check_sparsity(sparsity)
     if rounds < 1:
@@ -792,12 +796,13 @@ def synflow_masks(
             for i, pos in zip(seg, _sample_positions([st.sizes[i] for i in seg]), strict=True):
                 smp[i] = pos.numpy() if st.cpu else pos.to(st.w.device)
         samples.append(smp if size >= _BRACKET_MIN else None)
-    hooks = _OuterHooks(outer) if outer else None
     seg_sizes = [sum(st.sizes[i] for i in seg) for seg in segs]
     steps = range(1, rounds + 1)
     if progress:
         steps = tqdm(steps, desc="synflow", file=sys.stderr)
+    hooks = None
     try:
+        hooks = _OuterHooks(outer) if outer else None
         # (entered once for all rounds; inf * 0 = NaN (overflow) is reported below, not warned)
         with torch.enable_grad(), np.errstate(all="ignore"):
             for k in steps:
