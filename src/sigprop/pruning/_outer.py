@@ -29,6 +29,7 @@ rebuilds cost as much as the scan).
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
 
@@ -181,10 +182,12 @@ def _round_prune(w, alive, tracked, pos, val, n, m, thr, sel):  # pragma: no cov
 
 
 _FNS = ("_scan", "_sample", "_select", "_prune", "_round_sample", "_round_scan", "_round_prune")
+#: the compiled kernels by name, without the leading underscore (``kernels().scan``)
+_Kernels = namedtuple("_Kernels", [name[1:] for name in _FNS])
 
 
 def kernels():
-    """The compiled kernels, in the order of ``_FNS``, or None when numba is not available."""
+    """The compiled kernels (a :data:`_Kernels`), or None when numba is not available."""
     if not _KERNELS:
         try:
             import numba
@@ -200,7 +203,7 @@ def kernels():
                     jit = numba.njit(nogil=True)(fn)
                 globals()[name] = jit
                 compiled.append(jit)
-            _KERNELS.append(tuple(compiled))
+            _KERNELS.append(_Kernels(*compiled))
     return _KERNELS[0]
 
 
@@ -213,13 +216,13 @@ def scan(w, delta, a, hi: float, offset: int, pos: np.ndarray, val: np.ndarray, 
     ``len(a)``, pruned entries -0.0) whose score ``|w_ij (delta_i a_j)|`` is not above ``hi``, in
     increasing position; returns the new count. ``hi = inf`` gives every alive entry, ``hi =
     -inf`` the NaN ones. ``pos`` / ``val`` must have room for every alive entry."""
-    return kernels()[0](w, delta, a, float(hi), offset, _DEBRUIJN, pos, val, n)
+    return kernels().scan(w, delta, a, float(hi), offset, _DEBRUIJN, pos, val, n)
 
 
 def sample(w, delta, a, rows, cols, smp, out) -> np.ndarray:
     """The scores of the alive entries at the positions ``smp`` of ``w`` (their rows and columns
     ``rows``, ``cols``), a view into the scratch ``out``."""
-    return out[: kernels()[1](w, delta, a, rows, cols, smp, out)]
+    return out[: kernels().sample(w, delta, a, rows, cols, smp, out)]
 
 
 def select(pos: np.ndarray, val: np.ndarray, n: int, m: int, sel: np.ndarray) -> np.ndarray:
@@ -229,7 +232,7 @@ def select(pos: np.ndarray, val: np.ndarray, n: int, m: int, sel: np.ndarray) ->
     v = val[:n]
     np.abs(v, out=v)
     thr = np.partition(v, m - 1)[m - 1]  # numpy's introselect (numba's partition is much slower)
-    found = kernels()[2](pos, val, n, m, thr, sel)  # (NaN sorts last in the partition)
+    found = kernels().select(pos, val, n, m, thr, sel)  # (NaN sorts last in the partition)
     if found < 0:
         raise ValueError("scores contain NaN")
     if found != m:  # pragma: no cover - cannot happen: thr is the m-th lowest
@@ -255,21 +258,21 @@ def round_(
         raise ValueError(f"the sample ({len(smp)}) does not fit the scratch ({len(val)})")
     k = kernels()
     n = -1
-    ns = k[4](w, layers, deltas, acts, smp, smp_layer, smp_row, smp_col, val)
+    ns = k.round_sample(w, layers, deltas, acts, smp, smp_layer, smp_row, smp_col, val)
     if ns >= 256:
         vals = val[:ns].copy()
         for z in zs:
             r = rank(ns, z)
             if r >= ns:
                 break
-            n = k[5](w, layers, deltas, acts, float(np.partition(vals, r)[r]), _DEBRUIJN, pos, val)
+            n = k.round_scan(w, layers, deltas, acts, float(np.partition(vals, r)[r]), _DEBRUIJN, pos, val)
             if n >= m:
                 break
             n = -1
     if n < 0:  # (a NaN in the sample too: the scan finds it, the selection reports it)
-        n = k[5](w, layers, deltas, acts, math.inf, _DEBRUIJN, pos, val)
+        n = k.round_scan(w, layers, deltas, acts, math.inf, _DEBRUIJN, pos, val)
     thr = np.partition(val[:n], m - 1)[m - 1]  # (NaN sorts last)
-    got = k[6](w, alive, tracked, pos, val, n, m, thr, sel)
+    got = k.round_prune(w, alive, tracked, pos, val, n, m, thr, sel)
     if got == -1:
         raise ValueError("scores contain NaN")
     if got != m:  # pragma: no cover - cannot happen: thr is the m-th lowest
@@ -279,4 +282,4 @@ def round_(
 def prune(w: np.ndarray, alive: np.ndarray, sel: np.ndarray, tracked: np.ndarray) -> None:
     """Set ``w[sel] = -0.0``, and ``alive[sel] = False`` for the positions in the ranges
     ``tracked`` (an ``(k, 2)`` int64 array of ``[start, stop)``)."""
-    kernels()[3](w, alive, sel, tracked)
+    kernels().prune(w, alive, sel, tracked)
