@@ -412,13 +412,12 @@ class _SynflowState:
             ).reshape(-1, 5)
             layers[:, 3] = np.concatenate([[0], np.cumsum(layers[:-1, 1])])
             layers[:, 4] = np.concatenate([[0], np.cumsum(layers[:-1, 2])])
-            parts = [(q, sample[i]) for q, i in enumerate(seg)] if sample is not None else []
-            smp = np.concatenate([self.offsets[seg[q]] + p for q, p in parts] + [np.zeros(0, np.int64)])
-            smp_layer = np.concatenate([np.full(len(p), q) for q, p in parts] + [np.zeros(0, np.int64)])
-            smp_row = np.concatenate([p // layers[q, 2] for q, p in parts] + [np.zeros(0, np.int64)])
-            smp_col = np.concatenate([p % layers[q, 2] for q, p in parts] + [np.zeros(0, np.int64)])
-            as64 = [np.ascontiguousarray(x, dtype=np.int64) for x in (smp, smp_layer, smp_row, smp_col)]
-            self.round_meta[key] = (layers, *as64)
+            # the sample's flat positions, with their leaf (index into seg), row and column
+            local = [sample[i] if sample is not None else np.zeros(0, np.int64) for i in seg]
+            q = np.repeat(np.arange(len(seg)), [len(p) for p in local])
+            local = np.concatenate(local).astype(np.int64)
+            cols = layers[q, 2]
+            self.round_meta[key] = (layers, layers[q, 0] + local, q, local // cols, local % cols)
         layers, smp, smp_layer, smp_row, smp_col = self.round_meta[key]
         if n_alive < _BRACKET_MIN:  # (as _lowest_alive: every alive entry is a candidate)
             smp = smp[:0]
@@ -497,6 +496,7 @@ def _lowest_alive_np(st: _SynflowState, layers: list[int], scores: list, n_alive
             signed.append(bool((v < 0).any()))  # negative gradients seen: take |w g| of the leaf
             parts.append(np.abs(v))
         vals = np.concatenate(parts)
+        loose = any(not neg and not isinstance(scores[i], tuple) for i, neg in zip(layers, signed, strict=True))
         for z in _BRACKETS_CPU:
             r = _bracket_rank(len(vals), m, n_alive, z)
             if len(vals) < 256 or r >= len(vals):
@@ -524,9 +524,8 @@ def _lowest_alive_np(st: _SynflowState, layers: list[int], scores: list, n_alive
                 st.pending[i] = False
                 n = _append(pos, val, n, np.flatnonzero(buf), g, st.offsets[i])
             # the bracket holds when at least m alive entries score |s| <= hi (or NaN): then every
-            # entry left out scores above the m-th lowest. A leaf left signed gave negative
-            # entries of any size as well: count without them.
-            loose = any(not neg and not isinstance(scores[i], tuple) for i, neg in zip(layers, signed, strict=True))
+            # entry left out scores above the m-th lowest. A leaf left signed (loose) gave
+            # negative entries of any size as well: count without them.
             if n >= m and (not loose or np.count_nonzero(~(np.abs(val[:n]) > hi)) >= m):
                 break
             n = -1
