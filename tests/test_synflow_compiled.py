@@ -244,29 +244,30 @@ class _ReusedWeight(nn.Module):
         return self.b(nn.functional.linear(self.a(x), self.a.weight))
 
 
-class _Tied(nn.Module):
-    """Two Linears sharing one weight."""
+class _ThreeLinears(nn.Module):
+    """20 -> 20 -> 20 -> 5 as ``a``, ``m``, ``b``; the subclasses change how they are used."""
 
     def __init__(self):
         super().__init__()
         self.a = nn.Linear(20, 20)
         self.m = nn.Linear(20, 20)
         self.b = nn.Linear(20, 5)
-        self.m.weight = self.a.weight
 
     def forward(self, x):
         return self.b(self.m(self.a(x)))
 
 
-class _InPlace(nn.Module):
-    """A Linear's output scaled in place afterwards (``delta`` must be taken before the scaling);
-    and the first layer's (its output is a leaf on the compiled route)."""
+class _Tied(_ThreeLinears):
+    """Two Linears sharing one weight."""
 
     def __init__(self):
         super().__init__()
-        self.a = nn.Linear(20, 20)
-        self.m = nn.Linear(20, 20)
-        self.b = nn.Linear(20, 5)
+        self.m.weight = self.a.weight
+
+
+class _InPlace(_ThreeLinears):
+    """A Linear's output scaled in place afterwards (``delta`` must be taken before the scaling);
+    and the first layer's (its output is a leaf on the compiled route)."""
 
     def forward(self, x):
         h = self.a(x)
